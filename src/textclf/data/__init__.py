@@ -1,0 +1,1 @@
+"""Raw data: reading tables, the one normalization, and the prepare stage."""

