@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from textclf.config import apply_overrides, load_config
 from textclf.errors import ConfigError
@@ -15,7 +16,7 @@ def test_repo_params_load(repo_root: Path) -> None:
     cfg = load_config(repo_root / "params.yaml")
     assert cfg.paths.raw == Path("data/reviews.csv")
     assert cfg.data.labels == ("negative", "positive")
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError):  # frozen
         cfg.prepare.seed = 1  # type: ignore[misc]
 
 

@@ -23,9 +23,7 @@ BIN = Path(sys.executable).parent
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env.update(
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
-    )
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     return env
 
 
@@ -118,13 +116,35 @@ def _rewrite(raw: Path, fn) -> None:
 @pytest.mark.parametrize(
     ("name", "mutate", "reason"),
     [
-        ("unknown_label", lambda p: _rewrite(p, lambda f: f.assign(label=f["label"].where(f.index != 5, "neutral"))), "label_in_set"),
-        ("empty_texts", lambda p: _rewrite(p, lambda f: f.assign(text=f["text"].where(f.index % 10 != 0, ""))), "text_not_blank"),
-        ("missing_column", lambda p: _rewrite(p, lambda f: f.rename(columns={"label": "sentiment"})), "columns_present"),
-        ("non_utf8", lambda p: p.write_bytes(p.read_bytes().replace("质量".encode(), b"\xff\xfe", 40)), "text_utf8"),
-        ("truncated", lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2 + 7]), "label_in_set"),
+        (
+            "unknown_label",
+            lambda p: _rewrite(p, lambda f: f.assign(label=f["label"].where(f.index != 5, "neutral"))),
+            "label_in_set",
+        ),
+        (
+            "empty_texts",
+            lambda p: _rewrite(p, lambda f: f.assign(text=f["text"].where(f.index % 10 != 0, ""))),
+            "text_not_blank",
+        ),
+        (
+            "missing_column",
+            lambda p: _rewrite(p, lambda f: f.rename(columns={"label": "sentiment"})),
+            "columns_present",
+        ),
+        (
+            "non_utf8",
+            lambda p: p.write_bytes(p.read_bytes().replace("质量".encode(), b"\xff\xfe", 40)),
+            "text_utf8",
+        ),
+        (
+            "truncated",
+            lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2 + 7]),
+            "label_in_set",
+        ),
     ],
 )
-def test_corrupt_raw_stops_at_validation(project: Path, tmp_path: Path, name: str, mutate, reason: str) -> None:
+def test_corrupt_raw_stops_at_validation(
+    project: Path, tmp_path: Path, name: str, mutate, reason: str
+) -> None:
     proc = _corrupt(project, tmp_path, mutate)
     assert reason in proc.stdout + proc.stderr, (name, proc.stdout[-2000:], proc.stderr[-2000:])

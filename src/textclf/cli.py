@@ -64,9 +64,8 @@ def cmd_data_import(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_validate(args: argparse.Namespace, cfg: Config) -> int:
     from textclf.validation import run_validate_prepared, run_validate_raw
 
-    run = run_validate_raw if args.target == "raw" else run_validate_prepared
-    report = run(cfg)
-    print(report.summary_text())
+    validate = run_validate_raw if args.target == "raw" else run_validate_prepared
+    validate(cfg)  # logs the readable summary; raises ValidationFailed (exit 3) on blocking failures
     return 0
 
 

