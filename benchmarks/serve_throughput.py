@@ -1,0 +1,249 @@
+"""Throughput of the served model with adaptive batching vs. one request at a time.
+
+Builds two bentos of the same model from params.yaml's ``serve`` section: one as configured and one
+with ``max_batch_size=1`` (the dispatcher then runs one request per model call). Each is served by
+``bentoml serve`` and driven by N concurrent clients (16 and 32 by default) for a fixed time; the
+script prints requests/s, texts/s, latency percentiles and the batched/unbatched ratio.
+
+Model: ``paths.model`` when it holds a trained model, else a random BERT with the configured
+architecture and max_length (same compute as the default trained model). Texts:
+``paths.prepared/test.parquet`` when present, else generated.
+
+    .venv/bin/python benchmarks/serve_throughput.py --duration 10 --concurrency 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from textclf.config import Config, load_config
+from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
+
+SAMPLE_CHARS = (
+    "的一是不了人我在有他这中大来上个国到说们为子和你地出道也时年很好差服务房间干净菜慢贵便宜酒店环境位置早餐"
+)
+
+
+def load_texts(cfg: Config, n: int, seed: int) -> tuple[list[str], str]:
+    path = cfg.paths.prepared / "test.parquet"
+    if path.is_file():
+        import pandas as pd
+
+        texts = pd.read_parquet(path, columns=["text"])["text"].astype(str).tolist()
+        return texts[:n], str(path)
+    rng = random.Random(seed)
+    lengths = [max(2, int(rng.lognormvariate(3.5, 0.7))) for _ in range(n)]  # median ~33 chars
+    texts = ["".join(rng.choice(SAMPLE_CHARS) for _ in range(k)) for k in lengths]
+    return texts, "generated"
+
+
+def random_model_dir(cfg: Config, texts: list[str], out: Path) -> Path:
+    """A random BERT with the configured architecture: the compute of the default trained model."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    chars = sorted({ch for t in texts for ch in t if not ch.isspace()})
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars])}
+    labels = list(cfg.data.labels or ("class_0", "class_1"))
+    arch = cfg.model.architecture
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=arch.hidden_size,
+            num_hidden_layers=arch.num_layers,
+            num_attention_heads=arch.num_heads,
+            intermediate_size=arch.intermediate_size,
+            max_position_embeddings=max(512, cfg.model.max_length),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+        )
+    )
+    model.save_pretrained(out)
+    BertTokenizer(vocab=vocab).save_pretrained(out)
+    Preprocessing(normalize=cfg.prepare.normalize, max_length=cfg.model.max_length).save(out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bento_tag: str, bentoml_home: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from textclf.serving import package
+
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            package.serve_command(bento_tag, "127.0.0.1", port),
+            env=package.serve_env(bentoml_home, dict(os.environ)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited:\n{log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError("bentoml serve not ready after 180 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def drive(base: str, texts: list[str], clients: int, duration: float, per_request: int) -> dict[str, float]:
+    """``clients`` threads, each sending requests back to back for ``duration`` seconds."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def loop(seed: int) -> None:
+        rng = random.Random(seed)
+        local: list[float] = []
+        bad = 0
+        with httpx.Client(base_url=base, timeout=120) as client:
+            end = time.monotonic() + duration
+            while time.monotonic() < end:
+                body = {"texts": rng.sample(texts, per_request)}
+                t0 = time.perf_counter()
+                try:
+                    ok = client.post("/classify", json=body).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    local.append(time.perf_counter() - t0)
+                else:
+                    bad += 1
+        with lock:
+            latencies.extend(local)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "req_per_s": len(latencies) / elapsed,
+        "texts_per_s": len(latencies) * per_request / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def batch_stats(base: str) -> tuple[float, float]:
+    """(requests, model calls) so far, from BentoML's adaptive batch size histogram."""
+    total = calls = 0.0
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_sum{"):
+            total += float(line.split()[-1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_count{"):
+            calls += float(line.split()[-1])
+    return total, calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--bentoml-home", type=Path, default=None, help="default: a temp folder")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.params)
+    home = args.bentoml_home or Path(tempfile.mkdtemp(prefix="textclf-bench-bentoml-"))
+    os.environ["BENTOML_HOME"] = str(home.resolve())  # before bentoml's first use in this process
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    from textclf.serving import package
+
+    texts, text_source = load_texts(cfg, 2000, seed=0)
+    if (cfg.paths.model / PREPROCESSING_FILE).is_file():
+        model_dir, model_source = cfg.paths.model, str(cfg.paths.model)
+    else:
+        model_dir = random_model_dir(cfg, texts, Path(tempfile.mkdtemp(prefix="textclf-bench-model-")))
+        model_source = "random BERT with the configured architecture"
+    model_tag = package.import_model_dir(model_dir, cfg.serve.model_store_name, {"purpose": "benchmark"})
+    variants = {
+        "batched": cfg.serve,
+        "one-at-a-time": cfg.serve.model_copy(update={"max_batch_size": 1}),
+    }
+    print(f"model: {model_source}; texts: {text_source}; {args.texts_per_request} text(s)/request")
+    serve = cfg.serve
+    print(f"serve: workers={serve.workers} torch_threads={serve.torch_threads}, cores={os.cpu_count()}")
+
+    results: dict[str, list[dict[str, float]]] = {}
+    for name, serve_cfg in variants.items():
+        bento = package.build_bento(model_tag, serve_cfg, Path.cwd(), labels={"variant": name})
+        proc, base = start_server(bento, home, home / f"serve-{name}.log")
+        try:
+            drive(base, texts, 4, 2.0, args.texts_per_request)  # warm-up (and dispatcher training)
+            results[name] = []
+            for clients in args.concurrency:
+                before = batch_stats(base)
+                row = drive(base, texts, clients, args.duration, args.texts_per_request)
+                after = batch_stats(base)
+                calls = after[1] - before[1]
+                row["requests_per_model_call"] = (after[0] - before[0]) / calls if calls else 0.0
+                results[name].append(row)
+                print(
+                    f"{name:14s} c={clients:3d}  {row['req_per_s']:7.1f} req/s"
+                    f"  {row['texts_per_s']:7.1f} texts/s"
+                    f"  p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms"
+                    f"  errors {row['errors']}  req/call {row['requests_per_model_call']:.1f}",
+                    flush=True,
+                )
+        finally:
+            stop_server(proc)
+
+    for i, clients in enumerate(args.concurrency):
+        ratio = results["batched"][i]["texts_per_s"] / max(results["one-at-a-time"][i]["texts_per_s"], 1e-9)
+        print(f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

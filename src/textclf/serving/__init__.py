@@ -1,0 +1,1 @@
+"""BentoML packaging (``package``) and the served service (``service``, imported only by BentoML)."""

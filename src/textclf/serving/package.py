@@ -1,0 +1,117 @@
+"""Put a model directory into the BentoML model store and build a bento that serves it.
+
+BentoML keeps its stores under ``$BENTOML_HOME`` and reads that variable on first use: the caller
+sets it (to the project's folder) before calling anything here. Builds are offline: bentofile.yaml
+pins versions with ``lock_packages: false``, so nothing is resolved against a package index.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from textclf.config import ServeConfig
+from textclf.errors import ConfigError, ModelSourceError
+from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
+
+log = logging.getLogger(__name__)
+
+BENTOFILE = "bentofile.yaml"
+SERVICE_IMPORT = "textclf.serving.service:TextClassifier"
+# Training leftovers that a model directory may hold and serving never needs.
+_IGNORE = shutil.ignore_patterns("checkpoint-*", "__pycache__", ".*")
+
+
+def clean_labels(labels: dict[str, Any]) -> dict[str, str]:
+    """BentoML labels are str -> str: drop missing values, stringify the rest."""
+    return {str(k): str(v) for k, v in labels.items() if v is not None}
+
+
+def import_model_dir(
+    model_dir: Path, name: str, labels: dict[str, Any], metadata: dict[str, Any] | None = None
+) -> str:
+    """Copy a textclf model directory into the BentoML model store; returns the tag ``name:version``.
+
+    ``labels`` carry lineage (registry name/version, run id, dataset digests, data.dvc md5, git
+    commit, gate decision id...); the class names and max length are added to ``metadata``.
+    """
+    import bentoml
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelSourceError(f"{model_dir} is not a model directory: config.json missing")
+    preprocessing = Preprocessing.load(model_dir)  # fails with a clear message if not a textclf dir
+    meta = {**(metadata or {}), "max_length": preprocessing.max_length, "format": PREPROCESSING_FILE}
+    with bentoml.models.create(name, labels=clean_labels(labels), metadata=meta) as model:
+        shutil.copytree(model_dir, model.path, ignore=_IGNORE, dirs_exist_ok=True)
+    log.info("imported %s into the BentoML model store as %s", model_dir, model.tag)
+    return str(model.tag)
+
+
+def service_args(model_tag: str, serve_cfg: ServeConfig) -> dict[str, Any]:
+    """The bento arguments the service reads at import (see ``schemas.ServiceArgs``)."""
+    return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json")}
+
+
+def build_bento(
+    model_tag: str,
+    serve_cfg: ServeConfig,
+    project_root: Path,
+    labels: dict[str, Any] | None = None,
+    version: str | None = None,
+) -> str:
+    """Build a bento from ``project_root/bentofile.yaml`` serving ``model_tag``; returns its tag.
+
+    The bento references the model (pinned to its exact version, also when given ``name:latest``),
+    carries the model's lineage labels plus ``labels``, and stores ``serve_cfg`` as bento arguments.
+    """
+    import bentoml
+
+    project_root = Path(project_root).resolve()
+    bentofile = project_root / BENTOFILE
+    if not bentofile.is_file():
+        raise ConfigError(f"{bentofile} not found: the bento build options live there")
+    try:
+        model = bentoml.models.get(model_tag)
+    except bentoml.exceptions.NotFound:
+        raise ModelSourceError(f"model {model_tag} is not in the BentoML model store") from None
+    tag = str(model.tag)
+    bento_labels = {**model.info.labels, **clean_labels(labels or {}), "model_tag": tag}
+    # reload=True: the service module reads its arguments at import, so a second build in the same
+    # process must import it again.
+    bento = bentoml.bentos.build_bentofile(
+        str(bentofile),
+        name=serve_cfg.bento_name,
+        version=version,
+        labels=bento_labels,
+        build_ctx=str(project_root),
+        args=service_args(tag, serve_cfg),
+        reload=True,
+    )
+    log.info("built bento %s serving %s", bento.tag, tag)
+    return str(bento.tag)
+
+
+def bento_path(bento_tag: str) -> Path:
+    """Folder of a bento in the store (``$BENTOML_HOME/bentos/<name>/<version>``)."""
+    import bentoml
+
+    return Path(bentoml.bentos.get(bento_tag).path)
+
+
+def dockerfile_path(bento_tag: str) -> Path:
+    """The Dockerfile BentoML generated for the bento (no Docker needed to generate it)."""
+    return bento_path(bento_tag) / "env" / "docker" / "Dockerfile"
+
+
+def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
+    """Argv that serves a built bento; run it with :func:`serve_env`."""
+    return [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", host, "--port", str(port)]
+
+
+def serve_env(bentoml_home: Path, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (usually os.environ) with BENTOML_HOME set and BentoML's telemetry off."""
+    return {**base, "BENTOML_HOME": str(Path(bentoml_home).resolve()), "BENTOML_DO_NOT_TRACK": "true"}

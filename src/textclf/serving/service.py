@@ -1,0 +1,124 @@
+"""BentoML service: ``POST /classify`` with adaptive batching, ``GET /metadata``.
+
+Entry point for ``bentoml serve`` (and ``bentoml build``). Everything it needs comes from the bento
+arguments written by :func:`textclf.serving.package.build_bento` (the model tag and the ``serve``
+settings from params.yaml), so serving never reads params.yaml. Importing this module therefore needs
+those arguments and a BentoML store that holds the model; import it only through BentoML.
+
+``POST /classify`` body: ``{"texts": ["...", ...]}`` -> a JSON list with one prediction per text.
+The API is batchable with a list input: BentoML's dispatcher counts each text of a request towards
+``max_batch_size`` and splits large requests, so a request-level list and cross-request batching
+combine without a second endpoint. Status codes: see :mod:`textclf.serving.schemas`.
+"""
+
+import logging
+from pathlib import Path
+
+import bentoml
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from textclf.serving.schemas import (
+    BatchingInfo,
+    LimitsInfo,
+    ServiceArgs,
+    ServiceMetadata,
+    TextPrediction,
+    texts_type,
+)
+
+with bentoml.importing():
+    import torch
+
+    from textclf.model.predictor import Predictor, Preprocessing
+
+log = logging.getLogger(__name__)
+
+ARGS = bentoml.use_arguments(ServiceArgs)
+SETTINGS = ARGS.serve
+MODEL = bentoml.models.BentoModel(ARGS.model_tag)
+# The request type needs the model's normalization (to reject texts that normalize to nothing)
+# before any request arrives: read it from the stored model directory, never from the project.
+_PREPROCESSING = Preprocessing.load(Path(bentoml.models.get(ARGS.model_tag).path))
+Texts = texts_type(SETTINGS.max_texts_per_request, SETTINGS.max_chars_per_text, _PREPROCESSING.normalize)
+
+# Mounted for GET routes (BentoML APIs are POST only); its own docs are off: BentoML's UI at "/"
+# (spec at /docs.json) lists these routes too.
+info_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@info_app.get("/docs", include_in_schema=False)
+def docs() -> RedirectResponse:
+    """BentoML's Swagger UI lives at "/" (spec at /docs.json); /docs is the address people try."""
+    return RedirectResponse("/")
+
+
+@bentoml.service(
+    name="TextClassifier",
+    workers=SETTINGS.workers,
+    resources={"cpu": str(SETTINGS.torch_threads)},
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+@bentoml.asgi_app(info_app, path="/")
+class TextClassifier:
+    model = MODEL
+
+    def __init__(self) -> None:
+        torch.set_num_threads(SETTINGS.torch_threads)
+        stored = self.model  # resolved once per worker from the model store
+        self.tag = str(stored.tag)
+        self.info = stored.info
+        self.predictor = Predictor(Path(stored.path))
+        log.info(
+            "loaded %s on %s (%d torch threads, max_batch_size=%d)",
+            self.tag,
+            self.predictor.device,
+            torch.get_num_threads(),
+            SETTINGS.max_batch_size,
+        )
+
+    # max_batch_size 1 turns adaptive batching off (BentoML requires > 1 on a batchable API): each
+    # request is then one model call, which the throughput benchmark compares against.
+    @bentoml.api(
+        batchable=SETTINGS.max_batch_size > 1,
+        batch_dim=0,
+        max_batch_size=max(SETTINGS.max_batch_size, 2),
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify(self, texts: Texts) -> list[TextPrediction]:
+        """Classify texts; one prediction per text, in order.
+
+        400: not JSON / not UTF-8 / `texts` missing, empty or not a list of strings.
+        413: too many texts or a text too long (limits in the schema and in GET /metadata).
+        422: a text empty after normalization, or containing a NUL character.
+        """
+        # `texts` is the concatenation of one or more requests' lists (adaptive batching).
+        log.debug("batch of %d texts", len(texts))
+        preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size)
+        return [
+            TextPrediction(
+                label=p.label, probabilities=p.probabilities, truncated=p.truncated, model_version=self.tag
+            )
+            for p in preds
+        ]
+
+    @info_app.get("/metadata", response_model=ServiceMetadata)
+    def metadata(self) -> ServiceMetadata:
+        """Model identity, classes, lineage labels, input limits and batching settings."""
+        return ServiceMetadata(
+            model_tag=self.tag,
+            model_name=self.info.tag.name,
+            model_version=self.info.tag.version or "",
+            labels=list(self.predictor.labels),
+            lineage=dict(self.info.labels),
+            max_length=self.predictor.max_length,
+            normalize=self.predictor.preprocessing.normalize.model_dump(),
+            device=str(self.predictor.device),
+            batching=BatchingInfo(
+                max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+            ),
+            limits=LimitsInfo(
+                max_texts_per_request=SETTINGS.max_texts_per_request,
+                max_chars_per_text=SETTINGS.max_chars_per_text,
+            ),
+        )

@@ -1,0 +1,376 @@
+"""BentoML packaging and serving against a real `bentoml serve` process and a tiny random BERT.
+
+The server is started once for the module; its process group is killed in the fixture teardown.
+BentoML's stores live in the session's BENTOML_HOME (a temp folder set by conftest), shared by this
+process (import + build) and the server subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from textclf.config import NormalizeConfig, ServeConfig
+from textclf.errors import ModelSourceError
+from textclf.model.predictor import Predictor, Preprocessing
+from textclf.serving import package
+
+pytestmark = pytest.mark.integration
+
+CHARS = "的一是不了人我在有他这中大来上个国到说们为子和你地出道也时年很好差服务房间干净菜慢贵便宜"
+LABELS = ("alpha", "beta", "gamma")  # three classes: nothing may assume a binary task
+MAX_LENGTH = 16
+SERVE = ServeConfig(
+    bento_name="textclf-test",
+    model_store_name="textclf-test-model",
+    max_batch_size=16,
+    max_latency_ms=20000,  # generous: 2 shared cores must never turn load into 503s here
+    max_texts_per_request=8,
+    max_chars_per_text=300,
+    torch_threads=1,
+    timeout_s=60,
+)
+LINEAGE = {
+    "registered_model": "textclf-sentiment",
+    "registered_version": "3",
+    "run_id": "0123456789abcdef",
+    "data_dvc_md5": "d41d8cd98f00b204e9800998ecf8427e",
+    "git_commit": "cafebabe",
+    "gate_decision": "gate-7",
+}
+
+
+def _make_model_dir(out: Path) -> Path:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *CHARS, *"abcdefghijklmnopqrstuvwxyz0123456789"])}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=False)  # vocab=, not vocab_file= (STACK-NOTES)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.5,  # large random weights: predictions differ from text to text
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={lab: i for i, lab in enumerate(LABELS)},
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Preprocessing(normalize=NormalizeConfig(), max_length=MAX_LENGTH).save(out)
+    return out
+
+
+def _texts(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        length = rng.choice([1, 3, 8, 14, 40, 120]) if i % 10 else 250  # some need truncation
+        text = "".join(rng.choice(CHARS + "ab１２，！ ") for _ in range(length))
+        out.append(text if text.strip() else "好")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bentoml_home() -> Path:
+    # conftest points it at the session's temp folder before bentoml is first used.
+    return Path(os.environ["BENTOML_HOME"])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def built(model_dir: Path, repo_root: Path, bentoml_home: Path) -> dict[str, str]:
+    model_tag = package.import_model_dir(model_dir, SERVE.model_store_name, LINEAGE, {"source": "test"})
+    bento_tag = package.build_bento(model_tag, SERVE, repo_root, labels={"built_by": "test_serving"})
+    return {"model": model_tag, "bento": bento_tag}
+
+
+@pytest.fixture(scope="module")
+def server(built: dict[str, str], bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            package.serve_command(built["bento"], "127.0.0.1", port),
+            env=package.serve_env(bentoml_home, dict(os.environ)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: teardown kills workers too
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    # Workers share the group; make sure none outlives the test.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _classify(client: httpx.Client, texts: list[str]) -> list[dict]:
+    resp = client.post("/classify", json={"texts": texts})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+# --------------------------------------------------------------------------- packaging (no server)
+def test_import_rejects_a_non_textclf_dir(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelSourceError, match="textclf_preprocessing.json"):
+        package.import_model_dir(tmp_path, "textclf-bad", {}, {})
+
+
+def test_build_rejects_a_missing_model(repo_root: Path, bentoml_home: Path) -> None:
+    with pytest.raises(ModelSourceError, match="not in the BentoML model store"):
+        package.build_bento("no-such-model:v1", SERVE, repo_root)
+
+
+def test_serve_command_and_env(tmp_path: Path) -> None:
+    cmd = package.serve_command("textclf:abc", "127.0.0.1", 4321)
+    assert cmd[1:] == ["-m", "bentoml", "serve", "textclf:abc", "--host", "127.0.0.1", "--port", "4321"]
+    env = package.serve_env(tmp_path, {"PATH": "/bin"})
+    assert env["BENTOML_HOME"] == str(tmp_path.resolve()) and env["PATH"] == "/bin"
+
+
+def test_bentofile_pins_match_installed_versions(repo_root: Path) -> None:
+    spec = yaml.safe_load((repo_root / "bentofile.yaml").read_text(encoding="utf-8"))
+    assert spec["service"] == package.SERVICE_IMPORT
+    assert spec["python"]["lock_packages"] is False
+    for pin in spec["python"]["packages"]:
+        name, version = pin.split("==")
+        assert importlib.metadata.version(name) == version, f"{pin} differs from the tested venv"
+
+
+def test_bento_references_model_labels_and_dockerfile(built: dict[str, str]) -> None:
+    import bentoml
+
+    bento = bentoml.bentos.get(built["bento"])
+    assert bento.tag.name == SERVE.bento_name
+    assert [str(m.tag) for m in bento.info.all_models] == [built["model"]]
+    assert bento.info.labels["model_tag"] == built["model"]
+    assert bento.info.labels["built_by"] == "test_serving"
+    assert {k: bento.info.labels[k] for k in LINEAGE} == LINEAGE
+    assert bento.info.args["serve"]["max_batch_size"] == SERVE.max_batch_size
+    # The bento carries the textclf source it serves.
+    src = Path(bento.path) / "src" / "textclf"
+    assert (src / "serving" / "service.py").is_file() and (src / "model" / "predictor.py").is_file()
+
+    dockerfile = package.dockerfile_path(built["bento"])
+    assert dockerfile == Path(os.environ["BENTOML_HOME"]) / "bentos" / bento.tag.name / bento.tag.version / (
+        "env/docker/Dockerfile"
+    )
+    assert "requirements.txt" in dockerfile.read_text()
+    reqs = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().splitlines()
+    for dist in ("torch", "transformers", "tokenizers", "bentoml", "fastapi"):
+        assert f"{dist}=={importlib.metadata.version(dist)}" in reqs, reqs
+
+
+def test_batch_size_one_builds_an_unbatched_api(built: dict[str, str], repo_root: Path) -> None:
+    import bentoml
+
+    tag = package.build_bento(built["model"], SERVE.model_copy(update={"max_batch_size": 1}), repo_root)
+    routes = {r["name"]: r for r in bentoml.bentos.get(tag).info.schema["routes"]}
+    assert routes["classify"]["batchable"] is False
+    assert bentoml.bentos.get(built["bento"]).info.schema["routes"][0]["batchable"] is True
+
+
+def test_model_store_keeps_lineage_and_classes(built: dict[str, str]) -> None:
+    import bentoml
+
+    model = bentoml.models.get(built["model"])
+    assert model.info.labels == LINEAGE
+    assert model.info.metadata["max_length"] == MAX_LENGTH and model.info.metadata["source"] == "test"
+    assert Preprocessing.load(Path(model.path)).max_length == MAX_LENGTH
+
+
+# --------------------------------------------------------------------------- served
+def test_served_predictions_equal_offline(server: str, model_dir: Path, built: dict[str, str]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    texts = _texts(200)
+    offline = Predictor(model_dir).predict(texts)
+    served: list[dict] = []
+    with httpx.Client(base_url=server, timeout=60) as client:
+        step = SERVE.max_texts_per_request
+        for start in range(0, len(texts), step):
+            served.extend(_classify(client, texts[start : start + step]))
+    assert len(served) == len(texts)
+    for got, want in zip(served, offline, strict=True):
+        assert got["label"] == want.label
+        assert got["truncated"] == want.truncated
+        assert list(got["probabilities"]) == list(LABELS)
+        np.testing.assert_allclose(
+            [got["probabilities"][k] for k in LABELS], [want.probabilities[k] for k in LABELS], atol=1e-5
+        )
+    assert {p["model_version"] for p in served} == {built["model"]}
+    assert any(p["truncated"] for p in served) and not all(p["truncated"] for p in served)
+    assert len({p["label"] for p in served}) > 1, "random model should not be constant"
+
+
+def test_metadata(server: str, built: dict[str, str]) -> None:
+    meta = httpx.get(f"{server}/metadata", timeout=10).json()
+    assert meta["model_tag"] == built["model"]
+    assert meta["model_name"] == SERVE.model_store_name
+    assert meta["labels"] == list(LABELS)
+    assert meta["lineage"] == LINEAGE
+    assert meta["max_length"] == MAX_LENGTH
+    assert meta["batching"] == {
+        "max_batch_size": SERVE.max_batch_size,
+        "max_latency_ms": SERVE.max_latency_ms,
+    }
+    assert meta["limits"] == {"max_texts_per_request": 8, "max_chars_per_text": 300}
+    import torch
+
+    assert meta["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_docs_and_probes(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for path in ("/healthz", "/readyz", "/metrics", "/"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("/docs").headers["location"] == "/"
+        spec = client.get("/docs.json").json()
+    texts_schema = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert texts_schema["properties"]["texts"]["examples"]
+    assert texts_schema["properties"]["texts"]["maxItems"] == SERVE.max_texts_per_request
+    assert "get" in spec["paths"]["/metadata"]
+    assert "TextPrediction" in spec["components"]["schemas"]
+
+
+BAD_INPUTS: list[tuple[str, bytes, int]] = [
+    ("invalid json", b'{"texts": ["a"', 400),
+    ("invalid utf-8", b'{"texts": ["\xff\xfe"]}', 400),
+    ("empty body", b"", 400),
+    ("body is a list", b'["a", "b"]', 400),
+    ("body is a string", b'"a"', 400),
+    ("missing field", b'{"text": "a"}', 400),
+    ("texts is a string", b'{"texts": "a"}', 400),
+    ("texts is an object", b'{"texts": {"a": 1}}', 400),
+    ("texts is null", b'{"texts": null}', 400),
+    ("empty list", b'{"texts": []}', 400),
+    ("non-string item", b'{"texts": ["a", 1]}', 400),
+    ("null item", b'{"texts": [null]}', 400),
+    ("nested list", b'{"texts": [["a"]]}', 400),
+    ("empty text", b'{"texts": [""]}', 422),
+    ("whitespace-only text", b'{"texts": ["a", " \\t\\n "]}', 422),
+    ("invisible-only text", b'{"texts": ["\\u200b\\ufeff"]}', 422),
+    ("NUL in text", b'{"texts": ["ab\\u0000c"]}', 422),
+    ("too many texts", json.dumps({"texts": ["a"] * 9}).encode(), 413),
+    ("text too long", json.dumps({"texts": ["a", "好" * 301]}).encode(), 413),
+]
+
+
+def test_bad_inputs_get_4xx_and_service_keeps_serving(server: str) -> None:
+    got: dict[str, int] = {}
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for name, body, _ in BAD_INPUTS:
+            resp = client.post("/classify", content=body, headers={"content-type": "application/json"})
+            got[name] = resp.status_code
+            assert "error" in resp.text, (name, resp.text)
+        # Limits are inclusive, and the service still answers after every rejection.
+        ok = _classify(client, ["好" * 300] + ["a"] * 7)
+    assert got == {name: status for name, _, status in BAD_INPUTS}
+    assert len(ok) == 8 and ok[0]["truncated"] is True
+
+
+def test_concurrent_clients_have_no_errors_and_get_batched(server: str) -> None:
+    def batch_stats(client: httpx.Client) -> tuple[float, float]:
+        """(requests, model calls) so far, from BentoML's adaptive batch size histogram."""
+        values: Counter[str] = Counter()
+        for line in client.get("/metrics").text.splitlines():
+            for suffix in ("sum", "count"):
+                if line.startswith(f"bentoml_service_adaptive_batch_size_{suffix}{{"):
+                    values[suffix] += float(line.split()[-1])
+        return values["sum"], values["count"]
+
+    texts = _texts(64, seed=3)
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client_loop(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(base_url=server, timeout=60) as client:
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                batch = rng.sample(texts, rng.randint(1, 4))
+                try:
+                    resp = client.post("/classify", json={"texts": batch})
+                    ok = resp.status_code == 200 and len(resp.json()) == len(batch)
+                    with lock:
+                        statuses[resp.status_code] += 1
+                        if not ok:
+                            errors.append(resp.text[:200])
+                except httpx.HTTPError as err:
+                    with lock:
+                        errors.append(repr(err))
+
+    with httpx.Client(base_url=server, timeout=10) as client:
+        before = batch_stats(client)
+        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        after = batch_stats(client)
+        assert client.get("/readyz").status_code == 200
+    assert not errors, errors[:3]
+    assert set(statuses) == {200} and statuses[200] >= 16
+    requests_batched, batches = after[0] - before[0], after[1] - before[1]
+    # Adaptive batching happened: fewer model calls than requests.
+    assert batches > 0 and requests_batched / batches > 1.0, (requests_batched, batches)
