@@ -257,7 +257,7 @@ class EvaluateConfig(_Frozen):
     def _buckets(self) -> EvaluateConfig:
         b = self.length_buckets
         if any(x < 1 for x in b) or any(lo >= hi for lo, hi in zip(b, b[1:], strict=False)):
-            raise ValueError(f"evaluate.length_buckets must be positive and strictly increasing, got {list(b)}")
+            raise ValueError(f"evaluate.length_buckets must be positive, strictly increasing; got {list(b)}")
         return self
 
 
@@ -285,6 +285,18 @@ class GateBehaviourConfig(_Frozen):
     cases_file: Path | None = None
 
 
+class GateRegistryConfig(_Frozen):
+    """How concurrent gate runs are serialized (see textclf.gate.registry)."""
+
+    # auto: a file lock next to a sqlite/file store, a lease tag on the registered model otherwise.
+    lock: Literal["auto", "file", "lease"] = "auto"
+    lock_timeout_s: float = Field(default=120.0, gt=0.0)
+    # Lease (remote stores): how long a holder may keep it, and the wait before re-reading it to
+    # confirm that no other writer overwrote it (longer than a registry round trip).
+    lease_ttl_s: float = Field(default=600.0, gt=0.0)
+    lease_settle_s: float = Field(default=1.0, ge=0.0)
+
+
 class GateConfig(_Frozen):
     """Promotion criteria (TFX-style value bounds and change thresholds); see textclf.gate.decision."""
 
@@ -307,7 +319,11 @@ class GateConfig(_Frozen):
     # Serving budget measured by the caller; None disables the check.
     max_latency_p95_ms: float | None = Field(default=100.0, gt=0.0)
     max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
+    # Latency is measured one text at a time on CPU over this many test texts (after a warm-up).
+    latency_texts: int = Field(default=100, ge=1)
+    latency_warmup: int = Field(default=5, ge=0)
     behaviour: GateBehaviourConfig = GateBehaviourConfig()
+    registry: GateRegistryConfig = GateRegistryConfig()
 
     @model_validator(mode="after")
     def _bootstrap(self) -> GateConfig:
@@ -324,7 +340,8 @@ class ServeConfig(_Frozen):
     bento_name: str = Field(default="textclf", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     model_store_name: str = Field(default="textclf-model", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     # Adaptive batching: a batch holds at most max_batch_size texts (a request's list counts per text);
-    # a request that would wait longer than max_latency_ms in the queue gets 503.
+    # a request that would wait longer than max_latency_ms in the queue gets 503. max_batch_size 1
+    # turns batching off (one model call per request).
     max_batch_size: int = Field(default=32, ge=1)
     max_latency_ms: int = Field(default=2000, ge=1)
     # Request limits: over them the request gets 413.
@@ -334,7 +351,7 @@ class ServeConfig(_Frozen):
     port: int = Field(default=3000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
     # Per worker; workers x torch_threads should not exceed the cores.
-    torch_threads: int = Field(default=2, ge=1)
+    torch_threads: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=60.0, gt=0.0)
 
 
@@ -386,9 +403,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(_format_error(err, source)) from None
 
 
-def load_config(
-    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
-) -> Config:
+def load_config(path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params.yaml`` (plus optional nested overrides) into a frozen ``Config``."""
     path = Path(path)
     if not path.is_file():
