@@ -33,6 +33,8 @@ class PathsConfig(_Frozen):
     prepared: Path = Path("artifacts/prepared")
     reports: Path = Path("artifacts/reports")
     model: Path = Path("artifacts/model")
+    training: Path = Path("artifacts/train")  # per-epoch history (DVC output) and timings
+    checkpoints: Path = Path("artifacts/checkpoints")  # resumable state; kept outside DVC outputs
     evaluation: Path = Path("artifacts/eval")
     mlflow_dir: Path = Path("mlflow")
 
@@ -337,6 +339,8 @@ class ServeConfig(_Frozen):
     served process never reads params.yaml."""
 
     # Names in the BentoML stores: lowercase letters, digits, '-', '_', '.' (BentoML tag rules).
+    # What `textclf package` builds from: a registry alias (champion) or a version number.
+    registry_ref: str = "champion"
     bento_name: str = Field(default="textclf", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     model_store_name: str = Field(default="textclf-model", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     # Adaptive batching: a batch holds at most max_batch_size texts (a request's list counts per text);
@@ -355,10 +359,33 @@ class ServeConfig(_Frozen):
     timeout_s: float = Field(default=60.0, gt=0.0)
 
 
-class FlowConfig(_Frozen):
-    """Orchestration settings; filled in by the flow."""
+class TaskPolicy(_Frozen):
+    """Retries with a growing delay (delay * backoff**attempt) and a timeout, per flow task."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: float = Field(default=5.0, ge=0.0)
+    retry_backoff: float = Field(default=2.0, ge=1.0)
+    timeout_seconds: float = Field(default=1800.0, gt=0.0)
+
+    def delays(self) -> list[float]:
+        return [self.retry_delay_seconds * self.retry_backoff**i for i in range(self.retries)]
+
+
+class FlowConfig(_Frozen):
+    """Prefect orchestration: task policies, the nightly deployment, notifications."""
+
+    name: str = "training_pipeline"
+    deployment: str = "nightly"
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    default_task: TaskPolicy = TaskPolicy()
+    # Per-task overrides, keyed by task name (validate_raw, prepare, ..., gate, package).
+    tasks: dict[str, TaskPolicy] = Field(default_factory=dict)
+    webhook_url: str | None = None  # failure/crash notifications are POSTed here when set
+    state_dir: Path = Path("artifacts/flow")  # last successful run's fingerprint
+
+    def policy(self, task: str) -> TaskPolicy:
+        return self.tasks.get(task, self.default_task)
 
 
 class Config(_Frozen):
