@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,61 +12,23 @@ import pandas as pd
 import pytest
 import yaml
 
+from projects import BIN, TINY, make_project, run, toy_corpus
 from textclf.data.io import write_csv
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    return env
-
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run(cmd, cwd, check)
 
 
-def small_corpus(n_per_class: int = 150) -> pd.DataFrame:
-    rows = []
-    for i in range(n_per_class):
-        rows.append((f"质量很好，第{i}次购买，非常满意", "positive"))
-        rows.append((f"太差了，第{i}次买到坏的，不满意", "negative"))
-    rows += rows[:40]  # exact duplicates, as in the real corpus
-    rows.append(("两种标签都有", "positive"))
-    rows.append(("两种标签都有", "negative"))
-    return pd.DataFrame(rows, columns=["text", "label"])
-
-
-def make_project(root: Path, repo_root: Path, frame: pd.DataFrame) -> Path:
-    proj = root / "proj"
-    proj.mkdir()
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(repo_root / name, proj / name)
-    shutil.copytree(repo_root / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["validation"]["raw"]["min_rows"] = 100
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
-    _run(["git", "init", "-q"], proj)
-    _run([str(BIN / "dvc"), "init", "-q"], proj)
-    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], proj)
-    _run([str(BIN / "dvc"), "config", "core.site_cache_dir", str(root / "dvc-site")], proj)
-    write_csv(frame, proj / "data" / "reviews.csv")
-    _run([str(BIN / "dvc"), "add", "-q", "data"], proj)
-    _run(["git", "add", "-A"], proj)
-    _run(["git", "commit", "-qm", "init"], proj)
-    return proj
+def small_corpus() -> pd.DataFrame:
+    return toy_corpus()
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
-    proj = make_project(tmp_path_factory.mktemp("dvc"), repo_root, small_corpus())
+    proj = make_project(tmp_path_factory.mktemp("dvc"), repo_root, small_corpus(), TINY)
     _run([str(BIN / "dvc"), "repro"], proj)
     return proj
 
@@ -83,6 +44,11 @@ def test_repro_produces_disjoint_splits_and_noop_rerun(project: Path) -> None:
     assert (project / "artifacts" / "reports" / "raw" / "summary.json").is_file()
     assert (project / "artifacts" / "reports" / "prepared" / "summary.json").is_file()
     assert (project / "dvc.lock").is_file()
+    metrics = json.loads((project / "artifacts" / "eval" / "metrics.json").read_text())
+    assert {"transformer", "baseline"} <= metrics.keys()
+    assert 0.0 <= metrics["transformer"]["accuracy"] <= 1.0
+    shown = _run([str(BIN / "dvc"), "metrics", "show"], project).stdout
+    assert "transformer.accuracy" in shown and "baseline.accuracy" in shown
 
     start = time.monotonic()
     out = _run([str(BIN / "dvc"), "repro"], project)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textclf.config import Config, load_config
 from textclf.errors import TextclfError
@@ -78,11 +79,145 @@ def cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+
+    from textclf.stages import run_train
+
+    # Fault hooks for resume tests: TEXTCLF_FAULT_AFTER_STEPS raises after k steps;
+    # TEXTCLF_KILL_AFTER_STEPS SIGKILLs the process after k steps, only once when
+    # TEXTCLF_KILL_ONCE_MARKER names a file (created on the first kill).
+    fault = os.environ.get("TEXTCLF_FAULT_AFTER_STEPS")
+    kill = os.environ.get("TEXTCLF_KILL_AFTER_STEPS")
+    marker = os.environ.get("TEXTCLF_KILL_ONCE_MARKER")
+    if kill and marker:
+        if Path(marker).exists():
+            kill = None
+        else:
+            Path(marker).touch()
+    run_train(
+        cfg,
+        project_root(),
+        fault_after_steps=int(fault) if fault else None,
+        kill_after_steps=int(kill) if kill else None,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.stages import run_evaluate
+
+    outcome = run_evaluate(cfg, project_root())
+    for source in ("transformer", "baseline"):
+        m = outcome.metrics.get(source)
+        if m:
+            print(f"{source:12s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    print(f"MLflow run {outcome.run_id} (model {outcome.model_uri})")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.tracking import lineage_report
+
+    report = lineage_report(args.ref, cfg, project_root())
+    print(report.render())
+    return 0 if report.complete else 1
+
+
+def cmd_gate(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.gate.promote import run_gate
+
+    outcome = run_gate(cfg, project_root(), run_id=args.run_id, version=args.version, dry_run=args.dry_run)
+    print(outcome.decision.to_markdown())
+    print(outcome.message)
+    # A rejection is a normal outcome, but scripts need to tell it apart from a promotion.
+    return 0 if outcome.promoted or outcome.dry_run else 1
+
+
+def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.gate.promote import promote
+
+    result = promote(cfg, project_root(), args.version, force=args.force, reason=args.reason)
+    print(getattr(result, "message", result))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.gate.promote import rollback
+
+    print(rollback(cfg, project_root(), reason=args.reason))
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.gate import registry
+
+    if args.registry_command == "status":
+        print(registry.render_status(registry.status(cfg, project_root())))
+    else:
+        print(registry.render_history(registry.history(cfg, project_root())))
+    return 0
+
+
+def cmd_package(args: argparse.Namespace, cfg: Config) -> int:
+    from textclf.serving.release import package
+
+    result = package(cfg, project_root(), args.ref)
+    print(f"bento {result.bento_tag} (model {result.registered_model} v{result.version}, {result.model_tag})")
+    print(f"Dockerfile: {result.dockerfile}")
+    print(f"serve it:   textclf serve {result.bento_tag}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    import os
+
+    from textclf.serving.package import serve_command
+    from textclf.serving.release import latest_bento
+
+    tag = args.tag or latest_bento(cfg)
+    cmd = serve_command(tag, args.host or cfg.serve.host, args.port or cfg.serve.port)
+    print(f"serving {tag} on http://{args.host or cfg.serve.host}:{args.port or cfg.serve.port}")
+    os.execvpe(cmd[0], cmd, dict(os.environ))  # BENTOML_HOME etc. are already set for this process
+
+
+def load_flows(root: Path) -> Any:
+    """flows/pipeline.py is a file of the project, not of the package: load it by path."""
+    import importlib.util
+
+    path = root / "flows" / "pipeline.py"
+    if not path.is_file():
+        raise TextclfError(f"{path} not found: run textclf from the project root")
+    spec = importlib.util.spec_from_file_location("textclf_flows_pipeline", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    """The main job on the bundled corpus."""
-    if not cfg.paths.raw.exists() or args.reimport:
-        cmd_data_import(argparse.Namespace(no_dvc=False), cfg)
-    run_tool(["dvc", "repro"])
+    """The main job: the Prefect flow end to end (local ephemeral API unless PREFECT_API_URL is set)."""
+    import os
+
+    from textclf.tracking import tracking_uri
+
+    root = project_root()
+    flows = load_flows(root)
+    state = flows.training_pipeline(params_file=args.params, force=args.force, return_state=True)
+    if not state.is_completed():
+        raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
+    result = state.result()
+    print()
+    print(f"textclf run: {result.status}: {result.message}")
+    print("next steps:")
+    print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri(cfg, root)} --port 5000")
+    print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} .venv/bin/prefect server start")
+    print("  registry:   .venv/bin/textclf registry status")
+    if result.bento:
+        print(f"  Bento:      {result.bento['bento_tag']}")
+        print(f"  serve:      .venv/bin/textclf serve {result.bento['bento_tag']}")
+    else:
+        print("  serve:      .venv/bin/textclf serve   (latest built Bento)")
     return 0
 
 
@@ -111,8 +246,55 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="normalize, dedup, drop label conflicts, stratified split")
     prep.set_defaults(handler=cmd_prepare)
 
+    train = sub.add_parser(
+        "train",
+        help="fine-tune the transformer (resumes from a matching checkpoint); works under torchrun for DDP",
+    )
+    train.set_defaults(handler=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="test-split metrics for the model and the TF-IDF baseline; log the run to MLflow"
+    )
+    ev.set_defaults(handler=cmd_evaluate)
+
+    lin = sub.add_parser("lineage", help="print model version → run → datasets → data.dvc → git commit")
+    lin.add_argument("ref", help="run id, runs:/ID, models:/NAME/VERSION or models:/NAME@ALIAS")
+    lin.set_defaults(handler=cmd_lineage)
+
+    gate = sub.add_parser(
+        "gate", help="challenger vs champion on the current test split; promote if it passes"
+    )
+    gate.add_argument("--dry-run", action="store_true", help="decide and record, move no alias")
+    gate.add_argument("--run-id", help="candidate MLflow run (default: the newest @challenger)")
+    gate.add_argument("--version", help="candidate registered version")
+    gate.set_defaults(handler=cmd_gate)
+
+    prom = sub.add_parser("promote", help="make VERSION the champion (gate first unless --force)")
+    prom.add_argument("version")
+    prom.add_argument("--force", action="store_true", help="skip the gate (recorded as a manual override)")
+    prom.add_argument("--reason", required=True, help="why (recorded in the history)")
+    prom.set_defaults(handler=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="champion ← previous-champion (recorded)")
+    rb.add_argument("--reason", default="manual rollback", help="why (recorded in the history)")
+    rb.set_defaults(handler=cmd_rollback)
+
+    reg = sub.add_parser("registry", help="registry status and alias history")
+    reg.add_argument("registry_command", choices=["status", "history"])
+    reg.set_defaults(handler=cmd_registry)
+
+    pkg = sub.add_parser("package", help="build a Bento from the registry (default: serve.registry_ref)")
+    pkg.add_argument("ref", nargs="?", help="alias or version (default: serve.registry_ref, i.e. champion)")
+    pkg.set_defaults(handler=cmd_package)
+
+    srv = sub.add_parser("serve", help="serve the latest built Bento (or TAG) with the project's settings")
+    srv.add_argument("tag", nargs="?")
+    srv.add_argument("--host")
+    srv.add_argument("--port", type=int)
+    srv.set_defaults(handler=cmd_serve)
+
     run = sub.add_parser("run", help="the main job: import the bundled corpus if needed, then the pipeline")
-    run.add_argument("--reimport", action="store_true", help="re-import the bundled corpus first")
+    run.add_argument("--force", action="store_true", help="run even if data, params and code are unchanged")
     run.set_defaults(handler=cmd_run)
     return parser
 

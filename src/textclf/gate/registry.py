@@ -45,7 +45,7 @@ from mlflow.tracking import MlflowClient
 from textclf.config import Config, GateRegistryConfig
 from textclf.errors import TextclfError
 from textclf.tracking.store import client as make_client
-from textclf.tracking.store import tracking_uri
+from textclf.tracking.store import global_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +475,8 @@ def register_candidate(
             if version not in w.aliases().values():
                 w.set_alias(CHALLENGER, version, via=VIA_REGISTER, reason=f"candidate from run {run_id}")
             return version
-        mv = c.create_model_version(name, model_uri, run_id=run_id, tags={"textclf.run_id": run_id})
+        with global_tracking_uri(c.tracking_uri):
+            mv = c.create_model_version(name, model_uri, run_id=run_id, tags={"textclf.run_id": run_id})
         version = str(mv.version)
         txn = uuid.uuid4().hex[:12]
         w.append(action="register", version=version, via=VIA_REGISTER, reason=f"run {run_id}", txn=txn)

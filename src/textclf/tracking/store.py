@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from textclf.config import Config
@@ -80,3 +83,23 @@ def configure_mlflow(cfg: Config, root: Path) -> str:
             log.warning("restored deleted MLflow experiment %s", name)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking URI at ``uri`` for a block, then restore it.
+
+    MLflow 3's registry resolves a ``models:/m-<id>`` source through the *global* tracking store,
+    not the client's, so ``create_model_version`` on a client bound elsewhere fails with
+    "Logged model ... not found".
+    """
+    # The private global, not get_tracking_uri(): restoring its *default* would pin it (and the
+    # MLFLOW_TRACKING_URI env var that set_tracking_uri exports) to the cwd's mlflow.db.
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)

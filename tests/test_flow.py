@@ -1,0 +1,142 @@
+"""The Prefect flow end to end on a tiny project, under Prefect's test harness (a real local API).
+
+Every stage really runs: DVC, GX, training, MLflow (sqlite in the temp project), the gate and a
+BentoML build. Slow-ish (about a minute per full run), so the scenarios share one project where
+they can.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from projects import TINY, make_project, toy_corpus, write_params
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="module")
+def pipeline(harness):
+    from textclf.cli import load_flows
+
+    return load_flows(Path(__file__).resolve().parents[1]).training_pipeline
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
+    return make_project(tmp_path_factory.mktemp("flow"), repo_root, toy_corpus(), TINY)
+
+
+def _registry(proj: Path):
+    from textclf.config import load_config
+    from textclf.gate import registry
+
+    cfg = load_config(proj / "params.yaml")
+    return cfg, registry.status(cfg, proj)
+
+
+def test_happy_path_then_no_change(pipeline, project: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "promoted", result.message
+    assert result.bento and result.bento["bento_tag"].startswith("textclf:")
+    assert Path(result.bento["dockerfile"]).is_file()
+    assert [s["stage"] for s in result.stages] == [
+        "validate_raw",
+        "prepare",
+        "validate_prepared",
+        "train",
+        "evaluate",
+    ]
+    report = Artifact.get("textclf-run-report")
+    assert report is not None and "promoted" in report.data and result.run_id in report.data
+
+    # the MLflow run knows the flow run
+
+    cfg, status = _registry(project)
+    from textclf.tracking import client
+
+    run = client(cfg, project).get_run(result.run_id)
+    assert run.data.tags.get("textclf.prefect_flow_run_id") == str(state.state_details.flow_run_id)
+    assert status.aliases.get("champion")
+
+    start = time.monotonic()
+    again = pipeline(project_dir=str(project), return_state=True)
+    elapsed = time.monotonic() - start
+    assert again.is_completed()
+    assert again.result().status == "no change"
+    assert "no change" in again.message
+    assert elapsed < 30, f"a no-change run took {elapsed:.1f} s"
+
+
+def test_gate_rejection_keeps_champion_and_builds_no_bento(pipeline, project: Path, repo_root: Path) -> None:
+    cfg, before = _registry(project)
+    champion = before.aliases["champion"]
+    # Same data, a retrained candidate must now be significantly better: it cannot be.
+    write_params(
+        project,
+        repo_root,
+        {**TINY, "gate": {**TINY["gate"], "min_improvement": 0.05}, "train": {**TINY["train"], "seed": 7}},
+    )
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "rejected"
+    assert result.bento is None
+    assert "rejected" in state.message
+    _, after = _registry(project)
+    assert after.aliases["champion"] == champion
+
+
+def test_killed_training_resumes_from_checkpoint(
+    pipeline, project: Path, repo_root: Path, tmp_path: Path
+) -> None:
+    # New params → the train stage must run; its first attempt is SIGKILLed after 12 steps.
+    write_params(project, repo_root, {**TINY, "train": {**TINY["train"], "seed": 11}})
+    marker = tmp_path / "killed-once"
+    os.environ.update(TEXTCLF_KILL_AFTER_STEPS="12", TEXTCLF_KILL_ONCE_MARKER=str(marker))
+    try:
+        state = pipeline(project_dir=str(project), return_state=True)
+    finally:
+        os.environ.pop("TEXTCLF_KILL_AFTER_STEPS")
+        os.environ.pop("TEXTCLF_KILL_ONCE_MARKER")
+    assert marker.exists(), "the kill hook never fired"
+    assert state.is_completed(), state.message
+    timings = json.loads((project / "artifacts" / "train" / "timings.json").read_text())
+    # checkpoints every 5 steps: killed at step 12, the retry resumes from checkpoint-10
+    assert timings["resumed_from_step"] == 10
+    assert timings["global_step"] > 12
+
+
+def test_validation_failure_stops_before_training(pipeline, project: Path) -> None:
+    import pandas as pd
+
+    from textclf.data.io import write_csv
+
+    cfg, before = _registry(project)
+    raw = project / "data" / "reviews.csv"
+    frame = pd.read_csv(raw, dtype=str, keep_default_na=False)
+    frame.loc[3, "label"] = "neutral"
+    write_csv(frame, raw)
+    model_mtime = (project / "artifacts" / "model").stat().st_mtime_ns
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    assert "validate_raw failed" in state.message and "label_in_set" in state.message
+    _, after = _registry(project)
+    assert len(after.rows) == len(before.rows), "no new model version after a validation failure"
+    assert (project / "artifacts" / "model").stat().st_mtime_ns == model_mtime
