@@ -191,7 +191,7 @@ def package_step(cfg: Config, root: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- flow
-def _notify(flow_: Any, flow_run: Any, state: Any) -> None:
+def _notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes these by keyword
     """on_failure / on_crashed hook: always log; POST to flow.webhook_url when configured."""
     message = f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}"
     logging.getLogger("textclf.flow").error(message)

@@ -43,6 +43,7 @@ TINY = {
         "require_beats_baseline": False,
         "min_slice_size": 1000,
         "latency_texts": 10,
+        "max_latency_p95_ms": 2000,  # the machine is shared with other tests: no timing flakes
         "behaviour": {"enabled": False},
     },
     "serve": {"max_batch_size": 8},

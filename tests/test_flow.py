@@ -123,6 +123,108 @@ def test_killed_training_resumes_from_checkpoint(
     assert timings["global_step"] > 12
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc) -> None:
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def test_deployment_on_a_real_prefect_server_runs_on_schedule(
+    project: Path, repo_root: Path, tmp_path: Path
+) -> None:
+    """`prefect server start` + flows/deploy.py with a 10 s interval: a scheduled run completes.
+
+    The project was already run by the tests above, so the scheduled run is the quick "no change" path.
+    """
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api)
+    env.pop("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", None)
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=open(tmp_path / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    worker = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(
+                "prefect server did not become healthy:\n" + (tmp_path / "server.log").read_text()
+            )
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                str(repo_root / "flows" / "deploy.py"),
+                "--project-dir",
+                str(project),
+                "--interval",
+                "10",
+            ],
+            env=env,
+            stdout=open(tmp_path / "serve.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 150
+        states: list[str] = []
+        while time.monotonic() < deadline:
+            # the runner schedules many future runs: ask only for finished ones
+            finished = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}
+            resp = httpx.post(f"{api}/flow_runs/filter", json={**finished, "limit": 20}, timeout=10)
+            runs = [r for r in resp.json() if r.get("deployment_id")]
+            states = [r["state_type"] for r in runs]
+            if "COMPLETED" in states:
+                break
+            assert "FAILED" not in states and "CRASHED" not in states, (tmp_path / "serve.log").read_text()[
+                -3000:
+            ]
+            time.sleep(2)
+        else:
+            raise AssertionError(
+                f"no scheduled run completed: {states}\n" + (tmp_path / "serve.log").read_text()[-3000:]
+            )
+        deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        assert deployments and deployments[0]["name"] == "nightly"
+        limit = deployments[0].get("global_concurrency_limit") or {}
+        assert limit.get("limit") == 1, deployments[0]
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
+
+
 def test_validation_failure_stops_before_training(pipeline, project: Path) -> None:
     import pandas as pd
 

@@ -182,17 +182,14 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def load_flows(root: Path) -> Any:
-    """flows/pipeline.py is a file of the project, not of the package: load it by path."""
-    import importlib.util
+    """flows/ is a folder of the project, not of the package: import ``flows.pipeline`` from root."""
+    import importlib
 
-    path = root / "flows" / "pipeline.py"
-    if not path.is_file():
-        raise TextclfError(f"{path} not found: run textclf from the project root")
-    spec = importlib.util.spec_from_file_location("textclf_flows_pipeline", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    if not (root / "flows" / "pipeline.py").is_file():
+        raise TextclfError(f"{root / 'flows' / 'pipeline.py'} not found: run textclf from the project root")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("flows.pipeline")
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:

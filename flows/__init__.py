@@ -1,0 +1,1 @@
+"""Prefect flows of textclf (thin orchestration over the textclf library)."""
