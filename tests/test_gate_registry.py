@@ -469,7 +469,6 @@ except PromotionConflict as err:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_two_concurrent_gate_runs_promote_once(project: dict, tmp_path: Path) -> None:
     cfg, root, c = _cfg("m-race"), project["root"], project["client"]
     versions = [_register(project, cfg, "good"), _register(project, cfg, "copy")]

