@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,21 +72,44 @@ def _state_file(cfg: Config, root: Path) -> Path:
     return root / cfg.flow.state_dir / "last_success.json"
 
 
-def _dvc(args: list[str], root: Path, timeout: float, extra_env: dict[str, str] | None = None) -> str:
+def _dvc(
+    args: list[str], root: Path, timeout: float, extra_env: dict[str, str] | None = None, echo: bool = True
+) -> str:
+    """Run a DVC command; its output streams to the console (progress bars) and is returned."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra_env or {})
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
         cwd=root,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a timeout kills the stage command with it
     )
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, ["dvc", *args], output=output)
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            chunks.append(chunk)
+            if echo:
+                sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+    output = b"".join(chunks).decode("utf-8", errors="replace")
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, ["dvc", *args], output=output)
     return output
 
 
@@ -291,7 +316,7 @@ def training_pipeline(
 
 def _dvc_up_to_date(root: Path) -> bool:
     try:
-        out = _dvc(["status", "--json"], root, 120)
+        out = _dvc(["status", "--json"], root, 120, echo=False)
     except subprocess.CalledProcessError:
         return False
     return json.loads(out.strip().splitlines()[-1] or "{}") == {}

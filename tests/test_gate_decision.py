@@ -298,6 +298,8 @@ def test_baseline_requirement() -> None:
     assert decide(good, None, CFG).promote
     off = decide(beaten, None, CFG.model_copy(update={"require_beats_baseline": False}))
     assert off.promote and not by_name(off)["beats_baseline"].applicable
+    assert "<= baseline 0.920 (reported only" in by_name(off)["beats_baseline"].detail
+    assert "beats_baseline" in off.to_markdown()
     missing = decide(evidence("v1", baseline=None), None, CFG)
     assert "no baseline metrics" in missing.reason
 
