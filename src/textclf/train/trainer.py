@@ -345,6 +345,9 @@ def train_model(
     trainer.save_model(str(output_dir))  # rank 0 only; weights of the best epoch
     if trainer.is_world_process_zero():
         Preprocessing(normalize=cfg.prepare.normalize, max_length=max_len).save(output_dir)
+        # A pickle of TrainingArguments holding absolute paths: serving does not need it, and it
+        # would make the model directory's DVC hash differ between checkouts of the same training.
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
     dist.wait_for_everyone()
 
     state = trainer.state
