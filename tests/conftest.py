@@ -45,3 +45,25 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
     return _STATE
+
+
+def _reset_mlflow_globals() -> None:
+    """mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI, which then wins over a project's
+    embedded store in every later test of the session: start each module without it."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(var, None)
+    import sys
+
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_mlflow_globals_per_module():
+    _reset_mlflow_globals()
+    yield
+    _reset_mlflow_globals()
