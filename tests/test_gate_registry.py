@@ -139,6 +139,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rand.mkdir(parents=True)
     _make_model(good, splits["train"], seed=0)
     _make_model(rand, None, seed=1)
+    # Same model and steps, trained on train with its labels shuffled: fits noise, not sentiment.
+    shuffled = root / "models" / "shuffled"
+    shuffled.mkdir(parents=True)
+    noise = splits["train"].assign(label=splits["train"]["label"].sample(frac=1.0, random_state=3).to_numpy())
+    _make_model(shuffled, noise, seed=0)
 
     cfg = Config()
     paths = {s: f"artifacts/prepared/{s}.parquet" for s in splits}
@@ -157,7 +162,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
         )
         return logged.run_id
 
-    runs = {"good": log(good, "good"), "copy": log(good, "copy"), "random": log(rand, "random")}
+    runs = {
+        "good": log(good, "good"),
+        "copy": log(good, "copy"),
+        "random": log(rand, "random"),
+        "shuffled": log(shuffled, "shuffled"),
+    }
     train_ids = splits["train"]["id"].tolist()
     log_train_ids(runs["good"], train_ids, cfg, root)
     log_train_ids(runs["copy"], train_ids + splits["test"]["id"].head(N_LEAK).tolist(), cfg, root)
@@ -304,6 +314,18 @@ def test_random_candidate_rejected_vs_good_champion(project: dict) -> None:
     with pytest.raises(GateRejected, match="did not pass the gate"):
         promote(cfg, root, v2, reason="try it")
     assert R.alias_version(c, "m-bad", "champion") == v1
+
+
+def test_label_shuffled_candidate_rejected(project: dict) -> None:
+    cfg, root, c = _cfg("m-shuffled"), project["root"], project["client"]
+    v1 = _register(project, cfg, "good")
+    assert run_gate(cfg, root).promoted
+    _register(project, cfg, "shuffled")
+    outcome = run_gate(cfg, root)
+    assert not outcome.promoted, outcome.decision.reason
+    failed = {x.name for x in outcome.decision.failed}
+    assert {"accuracy_floor", "non_regression", "not_significantly_worse"} <= failed, failed
+    assert R.alias_version(c, "m-shuffled", "champion") == v1
 
 
 def test_identical_candidate_and_champion_dry_run(project: dict) -> None:
