@@ -13,12 +13,7 @@ from textclf.config import BaselineConfig, Config, EvaluateConfig, NormalizeConf
 from textclf.errors import DataError
 from textclf.evaluate import metrics as M
 from textclf.evaluate.baseline import train_baseline
-from textclf.evaluate.report import (
-    evaluate_model_and_baseline,
-    evaluate_split,
-    flatten_metrics,
-    write_metrics_json,
-)
+from textclf.evaluate.report import evaluate_model_and_baseline, flatten_metrics, numeric_metrics, score_split
 
 BIN = ["negative", "positive"]
 
@@ -90,18 +85,55 @@ def test_perfect_and_all_wrong_predictions() -> None:
     assert wrong["accuracy"] == 0.0 and wrong["macro_f1"] == 0.0
     assert wrong["confusion_matrix"] == [[0, 5], [5, 0]]
     y = M.encode_labels(GOLD10, BIN)
-    assert M.expected_calibration_error(y, one_hot_proba(GOLD10, BIN, 1.0), 10) == pytest.approx(0.0)
-    assert M.expected_calibration_error(y, one_hot_proba(flipped, BIN, 1.0), 10) == pytest.approx(1.0)
+    ece = lambda proba: M.expected_calibration_error(M.reliability_bins(y, proba, 10))  # noqa: E731
+    assert ece(one_hot_proba(GOLD10, BIN, 1.0)) == pytest.approx(0.0)
+    assert ece(one_hot_proba(flipped, BIN, 1.0)) == pytest.approx(1.0)
 
 
-def test_class_absent_from_gold_does_not_crash() -> None:
+def test_class_absent_from_gold_counts_in_macro_f1() -> None:
     labels = ["a", "b", "c"]
     m = M.classification_metrics(list("aabb"), one_hot_proba(list("aabb"), labels), labels)
     assert m["support_c"] == 0
     assert (m["precision_c"], m["recall_c"], m["f1_c"]) == (0.0, 0.0, 0.0)
-    # macro-F1 averages over labels that occur, so a perfect run scores 1 without class c
-    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    # The documented convention: macro-F1 averages over every configured label (absent class: F1 0).
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == pytest.approx(2 / 3)
     assert m["confusion_matrix"][2] == [0, 0, 0]
+
+
+def test_three_consumers_report_the_same_macro_f1() -> None:
+    """Training's compute_metrics, the evaluate stage and the gate get the same predictions (with a
+    class absent from gold and one never predicted) and must report the same macro-F1."""
+    from types import SimpleNamespace
+
+    from textclf.config import GateConfig
+    from textclf.gate.behaviour import not_applicable
+    from textclf.gate.decision import Evidence, decide
+    from textclf.train.trainer import compute_metrics
+
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(5)
+    gold_idx = rng.integers(0, 3, 200)  # "d" never occurs in gold
+    pred_idx = np.where(rng.random(200) < 0.6, gold_idx, rng.integers(0, 2, 200))  # "c" only when right
+    gold = [labels[i] for i in gold_idx]
+    proba = one_hot_proba([labels[i] for i in pred_idx], labels)
+
+    trainer = compute_metrics(SimpleNamespace(predictions=np.log(proba), label_ids=gold_idx))["macro_f1"]
+    evaluate = M.classification_metrics(gold, proba, labels)["macro_f1"]
+    ev = Evidence(
+        "v",
+        tuple(labels),
+        tuple(map(str, range(200))),
+        tuple(gold),
+        tuple(labels[i] for i in pred_idx),
+        behaviour=not_applicable("n/a"),
+    )
+    gate = next(c.value for c in decide(ev, None, GateConfig()).criteria if c.name == "macro_f1_floor")
+    assert trainer == evaluate == gate
+    assert gate == pytest.approx(
+        __import__("sklearn.metrics").metrics.f1_score(
+            gold_idx, pred_idx, labels=[0, 1, 2, 3], average="macro", zero_division=0
+        )
+    )
 
 
 def test_unknown_gold_label_is_a_data_error() -> None:
@@ -116,40 +148,43 @@ def test_ece_hand_computed() -> None:
     proba = one_hot_proba(pred, BIN, [0.9, 0.9, 0.7, 0.55])
     y = M.encode_labels(gold, BIN)
     expected = 0.5 * abs(0.5 - 0.9) + 0.25 * abs(1 - 0.7) + 0.25 * abs(1 - 0.55)
-    assert M.expected_calibration_error(y, proba, 5) == pytest.approx(expected) == pytest.approx(0.3875)
     bins = M.reliability_bins(y, proba, 5)
+    assert M.expected_calibration_error(bins) == pytest.approx(expected) == pytest.approx(0.3875)
     assert [b["count"] for b in bins] == [0, 0, 1, 1, 2]
     assert bins[4]["accuracy"] == pytest.approx(0.5) and bins[4]["mean_confidence"] == pytest.approx(0.9)
     assert bins[0]["accuracy"] is None
-    assert M.expected_calibration_error(np.zeros(0, int), np.zeros((0, 2)), 5) is None
 
 
-def test_binary_curves() -> None:
+def test_one_vs_rest_curves_any_number_of_classes() -> None:
     gold = ["negative", "positive", "negative", "positive"]
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
-    curves = M.binary_curves(gold, proba, BIN)
+    curves = M.one_vs_rest_curves(M.encode_labels(gold, BIN), proba, BIN)
     # pairs (pos, neg) ranked correctly: (0.8>0.1), (0.8>0.6), (0.3>0.1), (0.3<0.6) -> 3/4
-    assert curves["positive_label"] == "positive"
-    assert curves["roc_auc"] == pytest.approx(0.75)
-    assert curves["roc"]["fpr"][0] == 0.0 and curves["roc"]["tpr"][-1] == 1.0
-    assert max(curves["roc"]["threshold"]) <= 1.0
-    flipped = M.binary_curves(gold, proba, BIN, positive_label="negative")
-    assert flipped["roc_auc"] == pytest.approx(0.75)
-    one_class = M.binary_curves(["positive"] * 2, proba[:2], BIN)
-    assert one_class["roc_auc"] is None and one_class["roc"] is None
+    assert curves["roc_auc_positive"] == pytest.approx(0.75) == curves["roc_auc_negative"]
+    assert curves["roc_auc_macro"] == pytest.approx(0.75)
+    assert {p["class"] for p in curves["roc"]} == set(BIN)
+    labels = ["a", "b", "c"]
+    three = M.one_vs_rest_curves(np.array([0, 1, 1]), one_hot_proba(list("abb"), labels), labels)
+    assert three["roc_auc_c"] is None and three["roc_auc_a"] == 1.0  # c absent: undefined, not a crash
+    assert {p["class"] for p in three["pr"]} == {"a", "b"}
 
 
 # --------------------------------------------------------------------------- slices
+def _slices(texts, gold, pred, buckets, negation):
+    masks = M.slice_masks(texts, buckets, negation)
+    return M.slice_metrics(masks, M.encode_labels(gold, BIN), M.encode_labels(pred, BIN), 2)
+
+
 def test_length_slices_and_empty_slice() -> None:
     texts = ["x" * n for n in (5, 20, 21, 50, 51, 100)]
     gold = ["positive", "negative", "positive", "negative", "positive", "negative"]
     pred = ["positive", "negative", "negative", "negative", "negative", "positive"]
-    s = M.slice_metrics(texts, gold, one_hot_proba(pred, BIN), BIN, (20, 50, 100), ())
+    s = _slices(texts, gold, pred, (20, 50, 100), ())
     assert list(s) == ["len_le_20", "len_21_50", "len_51_100", "len_gt_100"]
     assert s["len_le_20"] == {"n": 2, "accuracy": 1.0, "macro_f1": 1.0}
     assert s["len_21_50"]["n"] == 2 and s["len_21_50"]["accuracy"] == 0.5
     assert s["len_51_100"] == {"n": 2, "accuracy": 0.0, "macro_f1": 0.0}
-    assert s["len_gt_100"] == {"n": 0, "accuracy": None, "macro_f1": None}
+    assert s["len_gt_100"] == {"n": 0}
     assert "has_negation" not in s  # no negation words configured
 
 
@@ -157,15 +192,15 @@ def test_negation_slices_on_chinese() -> None:
     texts = ["这个不好", "没有问题", "很好很好", "质量一般", "别买"]
     gold = ["negative", "positive", "positive", "negative", "negative"]
     pred = ["positive", "negative", "positive", "negative", "negative"]
-    s = M.slice_metrics(texts, gold, one_hot_proba(pred, BIN), BIN, (20,), ("不", "没", "别"))
+    s = _slices(texts, gold, pred, (20,), ("不", "没", "别"))
     assert s["has_negation"]["n"] == 3 and s["has_negation"]["accuracy"] == pytest.approx(1 / 3)
-    assert s["no_negation"] == {"n": 2, "accuracy": 1.0, "macro_f1": 1.0}
+    assert s["no_negation"]["n"] == 2 and s["no_negation"]["accuracy"] == 1.0
     assert s["len_le_20"]["n"] == 5 and s["len_gt_20"]["n"] == 0
 
 
 def test_ascii_negation_words_match_whole_words() -> None:
-    mask = M.has_negation(["not good", "nothing wrong", "NOT bad", "不行"], ("not", "不"))
-    assert mask.tolist() == [True, False, True, True]
+    masks = M.slice_masks(["not good", "nothing wrong", "NOT bad", "不行"], (100,), ("not", "不"))
+    assert masks["has_negation"].tolist() == [True, False, True, True]
 
 
 # --------------------------------------------------------------------------- baseline
@@ -214,67 +249,74 @@ def _numeric_only(path: Path) -> dict:
     return data
 
 
-def test_evaluate_split_writes_files(tmp_path: Path) -> None:
-    texts = [f"第{i}条评论" + "不" * (i % 2) for i in range(10)]
+def test_score_split_writes_the_same_files_for_any_number_of_classes(tmp_path: Path) -> None:
+    test = pd.DataFrame(
+        {"id": [f"t{i}" for i in range(10)], "text": [f"第{i}条评论" for i in range(10)], "label": GOLD10}
+    )
     proba = one_hot_proba(PRED10, BIN, [0.6, 0.7, 0.8, 0.9, 0.95, 0.55, 0.65, 0.75, 0.85, 0.99])
-    cfg = EvaluateConfig()
-    m = evaluate_split(texts, list(range(10)), GOLD10, proba, BIN, cfg, tmp_path, truncated=[False] * 10)
+    m = score_split(test, proba, BIN, EvaluateConfig(), tmp_path, "")
     assert m["accuracy"] == pytest.approx(0.7) and m["ece"] is not None
-    assert m["slices"]["truncated"]["n"] == 0 and m["truncated_fraction"] == 0.0
-    for name in ("confusion_matrix.png", "calibration.png", "roc_curve.png", "pr_curve.png"):
-        data = (tmp_path / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
     preds = pd.read_parquet(tmp_path / "predictions.parquet")
     assert list(preds.columns) == [
         *("id", "text", "gold", "predicted", "correct", "confidence"),
-        *("prob_negative", "prob_positive", "truncated"),
+        *("prob_negative", "prob_positive"),
     ]
     assert preds["predicted"].tolist() == PRED10 and preds["correct"].sum() == 7
     confusion = pd.read_csv(tmp_path / "plots" / "confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 10
     roc = pd.read_csv(tmp_path / "plots" / "roc.csv")
-    assert list(roc.columns) == ["fpr", "tpr", "threshold"] and roc["tpr"].iloc[-1] == 1.0
-    assert (tmp_path / "plots" / "calibration.csv").is_file()
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
-    assert report["confusion_matrix"] == [[4, 1], [2, 3]]
+    assert list(roc.columns) == ["class", "fpr", "tpr"] and set(roc["class"]) == set(BIN)
+    assert json.loads((tmp_path / "report.json").read_text())["confusion_matrix"] == [[4, 1], [2, 3]]
 
-    # the prefix keeps a second model's files apart; three classes give no PR/ROC
-    labels = ["a", "b", "c"]
-    evaluate_split(
-        ["x"] * 10,
-        range(10),
-        list("aaaabbcccc"),
-        one_hot_proba(list("aaabbbccaa"), labels),
-        labels,
-        cfg,
-        tmp_path,
-        prefix="baseline_",
+    labels = ["a", "b", "c", "d", "e"]  # five classes, one absent: the same files, nothing missing
+    five = pd.DataFrame({"id": list("0123456789"), "text": ["x"] * 10, "label": list("aaaabbcccc")})
+    score_split(
+        five, one_hot_proba(list("aaabbbccaa"), labels), labels, EvaluateConfig(), tmp_path, "baseline_"
     )
-    assert (tmp_path / "baseline_predictions.parquet").is_file()
-    assert (tmp_path / "baseline_confusion_matrix.png").stat().st_size > 1000
-    assert not (tmp_path / "baseline_roc_curve.png").exists()
+    binary = sorted(p.name for p in (tmp_path / "plots").iterdir() if not p.name.startswith("baseline_"))
+    multi = sorted(
+        p.name.removeprefix("baseline_")
+        for p in (tmp_path / "plots").iterdir()
+        if p.name.startswith("baseline_")
+    )
+    assert (
+        binary
+        == multi
+        == sorted(
+            [
+                "confusion.csv",
+                "calibration.csv",
+                "roc.csv",
+                "pr.csv",
+                "confusion_matrix.png",
+                "calibration.png",
+                "roc_curve.png",
+                "pr_curve.png",
+            ]
+        )
+    )
+    for name in binary:
+        if name.endswith(".png"):
+            data = (tmp_path / "plots" / name).read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
 
 
-def test_write_metrics_json_numeric_sorted_deterministic(tmp_path: Path) -> None:
+def test_numeric_metrics_sorted_and_flattened() -> None:
     metrics = {
         "transformer": {
             "macro_f1": 0.5,
-            "accuracy": np.float64(0.75),
-            "n": np.int64(4),
+            "accuracy": 0.75,
+            "n": 4,
             "labels": ["a"],
             "confusion_matrix": [[1]],
             "ece": None,
             "nan": float("nan"),
             "flag": True,
-            "slices": {"len_gt_100": {"n": 0, "accuracy": None}},
+            "slices": {"len_gt_100": {"n": 0}},
         },
         "baseline": {"accuracy": 0.5},
     }
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    write_metrics_json(metrics, a)
-    write_metrics_json(metrics, b)
-    assert a.read_bytes() == b.read_bytes()
-    data = _numeric_only(a)
+    data = numeric_metrics(metrics)
     assert data == {
         "baseline": {"accuracy": 0.5},
         "transformer": {"accuracy": 0.75, "macro_f1": 0.5, "n": 4, "slices": {"len_gt_100": {"n": 0}}},
@@ -330,23 +372,19 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
 
     result = evaluate_model_and_baseline(Config(), model_dir, prepared, out)
 
-    assert result.n_test == 12 and result.labels == BIN
     assert result.transformer["n"] == 12 and result.baseline is not None
     assert result.baseline["accuracy"] > 0.9  # the markers separate the classes
-    assert result.transformer["slices"]["truncated"]["n"] == 1
-    metrics = _numeric_only(result.metrics_path)
+    assert result.transformer["truncated_fraction"] == pytest.approx(1 / 12)
+    metrics = _numeric_only(out / "metrics.json")
     assert set(metrics) == {"transformer", "baseline", "transformer_vs_baseline"}
     assert metrics["baseline"]["accuracy"] == pytest.approx(result.baseline["accuracy"])
     assert metrics["transformer_vs_baseline"]["macro_f1_delta"] == pytest.approx(
         result.transformer["macro_f1"] - result.baseline["macro_f1"]
     )
-    for key in ("predictions", "baseline_predictions", "confusion_matrix", "baseline_calibration"):
-        assert result.files[key].is_file(), key
+    assert (out / "baseline_predictions.parquet").is_file()
     preds = pd.read_parquet(out / "predictions.parquet")
     assert preds["id"].tolist() == [f"te{i}" for i in range(12)]
-    assert preds["truncated"].tolist() == [True] + [False] * 11
     assert np.allclose(preds[["prob_negative", "prob_positive"]].sum(axis=1), 1.0, atol=1e-5)
-    assert "baseline.accuracy" in result.flat_metrics()
 
 
 def test_missing_split_is_a_data_error(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
 
 from textclf.config import NormalizeConfig
 
@@ -43,7 +42,3 @@ def normalize(text: str, cfg: NormalizeConfig = _DEFAULT) -> str:
     if cfg.lowercase:
         text = text.lower()
     return text
-
-
-def normalize_many(texts: Iterable[str], cfg: NormalizeConfig = _DEFAULT) -> list[str]:
-    return [normalize(t, cfg) for t in texts]

@@ -186,7 +186,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_prepared(prepared: PreparedData, out_dir: Path, input_path: Path | None = None) -> dict[str, Any]:
+def write_prepared(
+    prepared: PreparedData, out_dir: Path, input_name: Path | None = None, input_path: Path | None = None
+) -> dict[str, Any]:
     """Write ``{train,val,test}.parquet`` and ``manifest.json`` (byte-identical for the same input)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -200,27 +202,40 @@ def write_prepared(prepared: PreparedData, out_dir: Path, input_path: Path | Non
         pq.write_table(table, path, compression="zstd")
         hashes[name] = sha256_file(path)
     manifest["sha256"] = hashes
-    if input_path is not None:
-        manifest["input"] = {"path": input_path.as_posix(), "sha256": sha256_file(input_path)}
+    if input_name is not None and input_path is not None:
+        manifest["input"] = {"path": input_name.as_posix(), "sha256": sha256_file(input_path)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return manifest
 
 
-def load_splits(prepared_dir: Path, names: tuple[str, ...] = SPLITS) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name in names:
-        path = prepared_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise DataError(f"prepared split not found: {path} (run `textclf prepare` first)")
-        out[name] = pd.read_parquet(path)
-    return out
+def read_split(prepared_dir: Path, split: str) -> pd.DataFrame:
+    """One prepared split: columns ``id, text, label`` as strings."""
+    path = Path(prepared_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"prepared split not found: {path} (run `textclf prepare` first)")
+    frame = pd.read_parquet(path)
+    missing = sorted({"id", "text", "label"} - set(frame.columns))
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}")
+    if frame.empty:
+        raise DataError(f"the {split} split in {prepared_dir} is empty")
+    return frame[["id", "text", "label"]].astype(str)
 
 
-def run_prepare(cfg: Config) -> dict[str, Any]:
+def split_digest(frame: pd.DataFrame) -> str:
+    """sha256 over every (id, text, label) row sorted by id: the one content digest of a split
+    (logged on runs, compared by the gate, part of the training resume fingerprint)."""
+    h = hashlib.sha256()
+    for row in sorted(zip(frame["id"], frame["text"], frame["label"], strict=True)):
+        h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
     """The DVC stage: read ``paths.raw``, write ``paths.prepared``."""
-    frame = read_table(cfg.paths.raw, cfg.data.format)
-    prepared = prepare(frame, cfg.data, cfg.prepare)
-    manifest = write_prepared(prepared, cfg.paths.prepared, cfg.paths.raw)
+    raw = Path(root) / cfg.paths.raw
+    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare)
+    manifest = write_prepared(prepared, Path(root) / cfg.paths.prepared, cfg.paths.raw, raw)
     log.info(
         "prepared %d rows → %s (dropped: %s)",
         manifest["rows_out"],

@@ -1,7 +1,10 @@
-"""Pure metric functions over gold labels and a probability matrix (columns in ``labels`` order).
+"""The one place classification metrics are defined. Training's ``compute_metrics``, the evaluate
+stage and the gate all call these functions, so they report the same number for the same predictions.
 
-No I/O, no plotting: every function takes arrays in and returns plain Python values (floats, lists,
-dicts) that serialize to JSON as they are.
+Convention: labels are encoded as column indices into the model's label list (the configured labels),
+and **macro-F1 averages over every one of those labels** — a class with no gold and no predicted
+example counts as F1 = 0 (scikit-learn's ``labels=range(k), zero_division=0``). A test split that
+lacks a class therefore scores lower than one that has it: the label set is part of the task.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    auc,
     average_precision_score,
     confusion_matrix,
     f1_score,
@@ -26,165 +28,134 @@ from sklearn.metrics import (
 
 from textclf.errors import DataError
 
-# Probabilities are clipped before log_loss so a confidently wrong 0.0 gives a large finite value.
-_LOG_EPS = 1e-7
+_LOG_EPS = 1e-7  # probabilities are clipped so a confidently wrong 0.0 gives a large finite log loss
 
 
-def encode_labels(y_true: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    """Gold label names → column indices; an unknown label is a data error, not a silent miss."""
+def encode_labels(values: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Label names → indices into ``labels``; an unknown name is a data error, not a silent miss."""
     index = {lab: i for i, lab in enumerate(labels)}
-    unknown = sorted({str(y) for y in y_true if y not in index})
+    unknown = sorted({str(v) for v in values if v not in index})
     if unknown:
-        raise DataError(f"gold labels {unknown[:5]} are not among the model's labels {list(labels)}")
-    return np.asarray([index[y] for y in y_true], dtype=np.int64)
+        raise DataError(f"labels {unknown[:5]} are not among the model's labels {list(labels)}")
+    return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
 
 
-def _check_proba(proba: np.ndarray, n: int, labels: Sequence[str]) -> np.ndarray:
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape != (n, len(labels)):
-        raise ValueError(f"proba has shape {proba.shape}, expected ({n}, {len(labels)})")
-    return proba
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(accuracy_score(y, pred))
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_labels: int) -> float:
+    """Macro-F1 over all ``n_labels`` classes (see the module docstring)."""
+    return float(f1_score(y, pred, labels=np.arange(n_labels), average="macro", zero_division=0))
+
+
+def class_recalls(y: np.ndarray, pred: np.ndarray, n_labels: int) -> list[float | None]:
+    """Recall per class; ``None`` for a class without gold examples (recall undefined)."""
+    cm = confusion_matrix(y, pred, labels=np.arange(n_labels))
+    support = cm.sum(axis=1)
+    return [float(cm[i, i] / support[i]) if support[i] else None for i in range(n_labels)]
 
 
 def classification_metrics(y_true: Sequence[str], proba: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro/weighted F1, log loss, per-class P/R/F1/support and the confusion matrix.
-
-    Prediction is the argmax. Per-class scores are reported for every label; a class absent from
-    ``y_true`` (or never predicted) gets 0 by ``zero_division=0`` rather than a warning or NaN.
-    Macro/weighted F1 average over the labels that occur (gold or predicted), so a test set that
-    lacks a class is not penalized for it. With ``n == 0`` every score is ``None``.
-    """
+    """Accuracy, macro/weighted F1, log loss, per-class P/R/F1/support and the confusion matrix
+    (prediction = argmax of ``proba``, columns in ``labels`` order)."""
     labels = list(labels)
     y = encode_labels(y_true, labels)
-    proba = _check_proba(proba, len(y), labels)
+    proba = np.asarray(proba, dtype=np.float64).reshape(len(y), len(labels))
+    if not len(y):
+        raise DataError("no examples to score")
     k = len(labels)
-    out: dict[str, Any] = {"n": len(y), "labels": labels}
-    if len(y) == 0:
-        out.update(accuracy=None, macro_f1=None, weighted_f1=None, log_loss=None)
-        for lab in labels:
-            out.update(
-                {f"precision_{lab}": None, f"recall_{lab}": None, f"f1_{lab}": None, f"support_{lab}": 0}
-            )
-        out["confusion_matrix"] = [[0] * k for _ in range(k)]
-        return out
     pred = proba.argmax(axis=1)
-    idx = list(range(k))
-    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
-    out["accuracy"] = float(accuracy_score(y, pred))
-    out["macro_f1"] = _macro_f1(y, pred)
-    out["weighted_f1"] = float(f1_score(y, pred, average="weighted", zero_division=0))
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=np.arange(k), zero_division=0)
     clipped = np.clip(proba, _LOG_EPS, 1.0)
-    out["log_loss"] = float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=idx))
+    out: dict[str, Any] = {
+        "n": len(y),
+        "labels": labels,
+        "accuracy": accuracy(y, pred),
+        "macro_f1": macro_f1(y, pred, k),
+        "weighted_f1": float(f1_score(y, pred, labels=np.arange(k), average="weighted", zero_division=0)),
+        "log_loss": float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=np.arange(k))),
+        "confusion_matrix": confusion_matrix(y, pred, labels=np.arange(k)).astype(int).tolist(),
+    }
     for i, lab in enumerate(labels):
         out[f"precision_{lab}"] = float(prec[i])
         out[f"recall_{lab}"] = float(rec[i])
         out[f"f1_{lab}"] = float(f1[i])
         out[f"support_{lab}"] = int(sup[i])
-    out["confusion_matrix"] = confusion_matrix(y, pred, labels=idx).astype(int).tolist()
     return out
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    # labels=None: sklearn averages over the union of gold and predicted labels.
-    return float(f1_score(y, pred, average="macro", zero_division=0))
-
-
-def reliability_bins(y_true_idx: Sequence[int], proba: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
-    """Top-label reliability data: per equal-width confidence bin ``(lo, hi]``, its count,
-    mean confidence and accuracy.
-
-    Empty bins report ``count=0`` and ``None`` for confidence and accuracy.
-    """
-    if n_bins < 1:
-        raise ValueError("n_bins must be >= 1")
-    y = np.asarray(y_true_idx, dtype=np.int64)
-    proba = np.asarray(proba, dtype=np.float64)
+# --------------------------------------------------------------------------- calibration
+def reliability_bins(y: np.ndarray, proba: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
+    """Top-label reliability per equal-width confidence bin ``(lo, hi]``: count, mean confidence,
+    accuracy (``None`` for empty bins)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    conf = proba.max(axis=1) if len(y) else np.zeros(0)
-    correct = (proba.argmax(axis=1) == y) if len(y) else np.zeros(0, dtype=bool)
-    # right=True gives (lo, hi] bins; a confidence of exactly 0 (impossible for a softmax) joins bin 0.
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y
     which = np.clip(np.digitize(conf, edges, right=True) - 1, 0, n_bins - 1)
     bins = []
     for b in range(n_bins):
         mask = which == b
-        count = int(mask.sum())
+        n = int(mask.sum())
         bins.append(
             {
                 "bin": b,
                 "lower": float(edges[b]),
                 "upper": float(edges[b + 1]),
-                "count": count,
-                "mean_confidence": float(conf[mask].mean()) if count else None,
-                "accuracy": float(correct[mask].mean()) if count else None,
+                "count": n,
+                "mean_confidence": float(conf[mask].mean()) if n else None,
+                "accuracy": float(correct[mask].mean()) if n else None,
             }
         )
     return bins
 
 
-def expected_calibration_error(y_true_idx: Sequence[int], proba: np.ndarray, n_bins: int) -> float | None:
-    """Top-label ECE: sum over bins of ``count/n * |accuracy - mean confidence|``; ``None`` when n == 0."""
-    bins = reliability_bins(y_true_idx, proba, n_bins)
+def expected_calibration_error(bins: Sequence[dict[str, Any]]) -> float:
+    """Top-label ECE: sum over bins of ``count/n * |accuracy - mean confidence|``."""
     n = sum(b["count"] for b in bins)
-    if n == 0:
-        return None
     return float(sum(b["count"] / n * abs(b["accuracy"] - b["mean_confidence"]) for b in bins if b["count"]))
 
 
-def binary_curves(
-    y_true: Sequence[str], proba: np.ndarray, labels: Sequence[str], positive_label: str | None = None
-) -> dict[str, Any]:
-    """PR and ROC curves (+ average precision, PR AUC, ROC AUC) for a two-class problem.
+# --------------------------------------------------------------------------- curves
+def one_vs_rest_curves(y: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """ROC and PR curves of every class against the rest, whatever the number of classes.
 
-    ``positive_label`` defaults to the last label. AUCs are ``None`` when the gold labels hold only
-    one class (the curves are then undefined).
+    Returns per-class ``roc_auc_<label>`` / ``average_precision_<label>`` (``None`` when the class is
+    absent from ``y``), their macro means, and long-format point lists with a ``class`` column.
     """
-    labels = list(labels)
-    if len(labels) != 2:
-        raise ValueError(f"binary_curves needs exactly two labels, got {labels}")
-    positive = labels[-1] if positive_label is None else positive_label
-    if positive not in labels:
-        raise ValueError(f"positive label {positive!r} is not one of {labels}")
-    y = encode_labels(y_true, labels)
-    proba = _check_proba(proba, len(y), labels)
-    pos = labels.index(positive)
-    y_bin = (y == pos).astype(int)
-    score = proba[:, pos]
-    out: dict[str, Any] = {"positive_label": positive, "n": len(y)}
-    if len(set(y_bin.tolist())) < 2:
-        out.update(roc_auc=None, average_precision=None, pr_auc=None, roc=None, pr=None)
-        return out
-    fpr, tpr, roc_thr = roc_curve(y_bin, score)
-    precision, recall, pr_thr = precision_recall_curve(y_bin, score)
-    out["roc_auc"] = float(roc_auc_score(y_bin, score))
-    out["average_precision"] = float(average_precision_score(y_bin, score))
-    out["pr_auc"] = float(auc(recall, precision))
-    # sklearn's first ROC threshold is +inf ("predict nothing"); 1.0 is the same cut for probabilities.
-    out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": np.minimum(roc_thr, 1.0).tolist()}
-    # precision/recall have one more point than thresholds (the end point recall=0, precision=1).
-    out["pr"] = {
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "threshold": [*pr_thr.tolist(), 1.0],
-    }
+    out: dict[str, Any] = {"roc": [], "pr": []}
+    aucs, aps = [], []
+    for j, lab in enumerate(labels):
+        target = (y == j).astype(int)
+        if target.min() == target.max():  # the class is absent (or alone): curves undefined
+            out[f"roc_auc_{lab}"] = out[f"average_precision_{lab}"] = None
+            continue
+        score = proba[:, j]
+        fpr, tpr, _ = roc_curve(target, score)
+        precision, recall, _ = precision_recall_curve(target, score)
+        out["roc"] += [
+            {"class": lab, "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)
+        ]
+        out["pr"] += [
+            {"class": lab, "recall": float(r), "precision": float(p)}
+            for r, p in zip(recall, precision, strict=True)
+        ]
+        out[f"roc_auc_{lab}"] = float(roc_auc_score(target, score))
+        out[f"average_precision_{lab}"] = float(average_precision_score(target, score))
+        aucs.append(out[f"roc_auc_{lab}"])
+        aps.append(out[f"average_precision_{lab}"])
+    out["roc_auc_macro"] = float(np.mean(aucs)) if aucs else None
+    out["average_precision_macro"] = float(np.mean(aps)) if aps else None
     return out
 
 
 # --------------------------------------------------------------------------- slices
-def length_slice_names(length_buckets: Sequence[int]) -> list[str]:
-    """Names for the length slices, e.g. (20, 50) → ``len_le_20``, ``len_21_50``, ``len_gt_50``."""
+def _length_names(buckets: Sequence[int]) -> list[str]:
     names, lo = [], 0
-    for hi in length_buckets:
+    for hi in buckets:
         names.append(f"len_le_{hi}" if lo == 0 else f"len_{lo + 1}_{hi}")
         lo = hi
-    names.append(f"len_gt_{lo}")
-    return names
-
-
-def length_slice_index(texts: Sequence[str], length_buckets: Sequence[int]) -> np.ndarray:
-    """Index into :func:`length_slice_names` for each text (length in characters)."""
-    lengths = np.asarray([len(t) for t in texts], dtype=np.int64)
-    # right=True: a length equal to a bound belongs to the bucket that bound closes.
-    return np.digitize(lengths, np.asarray(length_buckets, dtype=np.int64), right=True)
+    return [*names, f"len_gt_{lo}"]
 
 
 def _negation_pattern(words: Sequence[str]) -> re.Pattern[str]:
@@ -193,57 +164,34 @@ def _negation_pattern(words: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(parts), flags=re.IGNORECASE)
 
 
-def has_negation(texts: Sequence[str], negation_words: Sequence[str]) -> np.ndarray:
-    """Boolean mask: the text contains at least one negation word."""
-    if not any(negation_words):
-        return np.zeros(len(texts), dtype=bool)
-    pattern = _negation_pattern(negation_words)
-    return np.asarray([pattern.search(t) is not None for t in texts], dtype=bool)
-
-
-def _slice_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    n = int(len(y))
-    if n == 0:
-        return {"n": 0, "accuracy": None, "macro_f1": None}
-    return {
-        "n": n,
-        "accuracy": float((y == pred).mean()),
-        "macro_f1": _macro_f1(y, pred),
-    }
+def slice_masks(
+    texts: Sequence[str], length_buckets: Sequence[int], negation_words: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Boolean masks of the evaluation slices: length buckets (characters) and has/no negation."""
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    which = np.digitize(lengths, np.asarray(length_buckets, dtype=np.int64), right=True)
+    masks = {name: which == i for i, name in enumerate(_length_names(length_buckets))}
+    if any(negation_words):
+        pattern = _negation_pattern(negation_words)
+        neg = np.fromiter((pattern.search(t) is not None for t in texts), dtype=bool, count=len(texts))
+        masks["has_negation"], masks["no_negation"] = neg, ~neg
+    return masks
 
 
 def slice_metrics(
-    texts: Sequence[str],
-    y_true: Sequence[str],
-    proba: np.ndarray,
-    labels: Sequence[str],
-    length_buckets: Sequence[int],
-    negation_words: Sequence[str],
-    truncated: Sequence[bool] | None = None,
+    masks: dict[str, np.ndarray], y: np.ndarray, pred: np.ndarray, n_labels: int
 ) -> dict[str, dict[str, Any]]:
-    """Per slice ``{"n", "accuracy", "macro_f1"}``: length buckets, has/no negation, truncated.
-
-    Macro-F1 in a slice averages over the labels occurring in it (gold or predicted), as in
-    :func:`classification_metrics`. An empty slice reports ``n=0`` and ``None`` scores. Negation
-    slices are skipped when ``negation_words`` is empty; the truncated slice only when
-    ``truncated`` is given.
-    """
-    labels = list(labels)
-    y = encode_labels(y_true, labels)
-    proba = _check_proba(proba, len(y), labels)
-    if len(texts) != len(y):
-        raise ValueError(f"{len(texts)} texts but {len(y)} labels")
-    pred = proba.argmax(axis=1) if len(y) else np.zeros(0, dtype=np.int64)
+    """Per slice ``{"n", "accuracy", "macro_f1"}``; an empty slice reports ``n=0`` only."""
     out: dict[str, dict[str, Any]] = {}
-    which = length_slice_index(texts, length_buckets)
-    for i, name in enumerate(length_slice_names(length_buckets)):
-        mask = which == i
-        out[name] = _slice_scores(y[mask], pred[mask])
-    if any(negation_words):
-        neg = has_negation(texts, negation_words)
-        out["has_negation"] = _slice_scores(y[neg], pred[neg])
-        out["no_negation"] = _slice_scores(y[~neg], pred[~neg])
-    if truncated is not None:
-        trunc = np.asarray(truncated, dtype=bool)
-        out["truncated"] = _slice_scores(y[trunc], pred[trunc])
+    for name, mask in masks.items():
+        n = int(mask.sum())
+        out[name] = (
+            {
+                "n": n,
+                "accuracy": accuracy(y[mask], pred[mask]),
+                "macro_f1": macro_f1(y[mask], pred[mask], n_labels),
+            }
+            if n
+            else {"n": 0}
+        )
     return out
