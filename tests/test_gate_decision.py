@@ -10,26 +10,16 @@ import pytest
 from sklearn.metrics import f1_score
 
 from textclf.config import GateBehaviourConfig, GateConfig, config_from_dict
-from textclf.errors import ConfigError
-from textclf.gate import (
-    DEFAULT_CASES,
-    BaselineMetrics,
-    BehaviourResult,
-    CandidateEvidence,
-    Decision,
-    ServingMeasurements,
-    decide,
-    load_cases,
-    run_behaviour_checks,
-    slices_from_masks,
-    stats,
-)
+from textclf.errors import ConfigError, DataError
+from textclf.evaluate import metrics as M
+from textclf.gate import stats
+from textclf.gate.behaviour import BehaviourResult, cases_for, load_cases, run_behaviour_checks
+from textclf.gate.decision import Decision, Evidence, decide
 
 LABELS = ("negative", "positive")
 N = 1000
 IDS = tuple(f"t{i:04d}" for i in range(N))
 GOLD = tuple(LABELS[i % 2] for i in range(N))
-TEXTS = tuple(f"评论{i}" for i in range(N))
 ALL_PASS_BEHAVIOUR = BehaviourResult(applicable=True, pass_rate=1.0, n_cases=18, n_passed=18)
 CFG = GateConfig(bootstrap_resamples=200, min_slice_size=50)
 
@@ -38,27 +28,25 @@ def _flip(label: str) -> str:
     return LABELS[1 - LABELS.index(label)]
 
 
-def evidence(
-    version: str, wrong: Iterable[int] = (), digest: str = "digest-A", **kw: object
-) -> CandidateEvidence:
+def evidence(version: str, wrong: Iterable[int] = (), **kw: object) -> Evidence:
     """Predictions equal to gold except at ``wrong`` positions; everything else passes by default."""
     wrong = set(wrong)
     predicted = tuple(_flip(g) if i in wrong else g for i, g in enumerate(GOLD))
     defaults: dict[str, object] = {
-        "texts": TEXTS,
-        "baseline": BaselineMetrics(accuracy=0.7, macro_f1=0.7),
-        "serving": ServingMeasurements(latency_p95_ms=20.0, model_size_mb=50.0),
+        "baseline_macro_f1": 0.7,
+        "latency_p95_ms": 20.0,
+        "model_size_mb": 50.0,
         "behaviour": ALL_PASS_BEHAVIOUR,
     }
     defaults.update(kw)
-    return CandidateEvidence(version, LABELS, IDS, GOLD, predicted, digest, **defaults)  # type: ignore[arg-type]
+    return Evidence(version, LABELS, IDS, GOLD, predicted, **defaults)  # type: ignore[arg-type]
 
 
 def by_name(decision: Decision) -> dict[str, object]:
     return {c.name: c for c in decision.criteria}
 
 
-def b10_c2() -> tuple[CandidateEvidence, CandidateEvidence]:
+def b10_c2() -> tuple[Evidence, Evidence]:
     """b=10 (champion right, challenger wrong), c=2 (the reverse), 160 shared errors."""
     shared = set(range(0, 160, 2)) | set(range(1, 160, 2))  # 160 shared errors, both classes
     challenger_only = set(range(600, 610))
@@ -77,16 +65,14 @@ def test_mcnemar_exact_known_table() -> None:
     res = stats.mcnemar_exact(champ, chall)
     assert (res.b, res.c, res.n) == (10, 2, 12)
     assert round(res.p_value, 4) == 0.0386
-    assert res.challenger_worse and not res.challenger_better
     swapped = stats.mcnemar_exact(chall, champ)
-    assert round(swapped.p_value, 4) == 0.0386 and swapped.challenger_better
+    assert round(swapped.p_value, 4) == 0.0386 and (swapped.b, swapped.c) == (2, 10)
 
 
 def test_mcnemar_no_discordant_pairs_is_p_one() -> None:
     same = np.array([True, False, True, True])
     res = stats.mcnemar_exact(same, same)
     assert (res.b, res.c, res.p_value) == (0, 0, 1.0)
-    assert not res.challenger_worse and not res.challenger_better
 
 
 def test_macro_f1_matches_sklearn_and_recall_absent_class() -> None:
@@ -94,8 +80,8 @@ def test_macro_f1_matches_sklearn_and_recall_absent_class() -> None:
     gold = rng.integers(0, 3, 300)
     pred = np.where(rng.random(300) < 0.7, gold, rng.integers(0, 3, 300))
     expected = f1_score(gold, pred, average="macro", labels=[0, 1, 2, 3], zero_division=0)
-    assert stats.macro_f1(gold, pred, 4) == pytest.approx(expected)
-    recalls = stats.class_recalls(gold, pred, 4)
+    assert M.macro_f1(gold, pred, 4) == pytest.approx(expected)
+    recalls = M.class_recalls(gold, pred, 4)
     assert recalls[3] is None and recalls[0] == pytest.approx(np.mean(pred[gold == 0] == 0))
 
 
@@ -108,8 +94,8 @@ def test_paired_bootstrap_is_seeded_and_brackets_delta() -> None:
     r2 = stats.paired_bootstrap_macro_f1(gold, a, b, 2, 300, seed=7, confidence=0.95)
     assert r1 == r2
     assert r1.ci_low < r1.delta < r1.ci_high
-    assert r1.delta == pytest.approx(stats.macro_f1(gold, a, 2) - stats.macro_f1(gold, b, 2))
-    assert r1.significantly_better  # ~10 points better on 500 examples
+    assert r1.delta == pytest.approx(M.macro_f1(gold, a, 2) - M.macro_f1(gold, b, 2))
+    assert r1.ci_low > 0  # ~10 points better on 500 examples: significantly better
     same = stats.paired_bootstrap_macro_f1(gold, a, a, 2, 50, seed=7, confidence=0.95)
     assert (same.ci_low, same.ci_high, same.delta) == (0.0, 0.0, 0.0)
 
@@ -228,39 +214,18 @@ def test_label_shuffled_challenger_rejected_by_floors_and_regression() -> None:
     assert not d.promote and d.comparison.mcnemar.p_value < 1e-10
 
 
-def test_digest_mismatch_is_refused() -> None:
-    d = decide(evidence("v2"), evidence("v1", range(0, 300), digest="digest-OLD"), CFG)
-    assert not d.promote and d.comparison is None
-    crit = by_name(d)
-    assert not crit["same_test_split"].passed and "non_regression" not in crit
-    assert d.reason.startswith("rejected: champion v1 was scored on test split digest-OLD but challenger v2")
-    assert "re-score both on the current split" in d.reason
-
-
-def test_same_digest_but_different_gold_is_refused() -> None:
-    champion = evidence("v1")
-    object.__setattr__(champion, "gold", tuple(_flip(g) if i == 5 else g for i, g in enumerate(GOLD)))
-    d = decide(evidence("v2"), champion, CFG)
-    assert not d.promote and "1 gold labels differ" in d.reason
-
-
 def test_champion_training_texts_are_excluded_and_counted() -> None:
-    # The champion memorized 40 test examples (by id for 30, by normalized text for 10) that the
+    # The champion memorized 40 test examples (ids are hashes of the normalized text) that the
     # challenger gets wrong; counted in, they would make the challenger look worse.
     seen = list(range(800, 840))
     challenger = evidence("v2", set(range(0, 100)) | set(seen))
     champion_plain = evidence("v1", range(0, 100))
-    leaked = evidence(
-        "v1",
-        range(0, 100),
-        train_ids=frozenset(IDS[i] for i in seen[:30]) | {"not-in-test"},
-        train_texts=frozenset(TEXTS[i] for i in seen[30:]),
-    )
+    leaked = evidence("v1", range(0, 100), train_ids=frozenset(IDS[i] for i in seen) | {"not-in-test"})
     assert not decide(challenger, champion_plain, CFG).promote
     d = decide(challenger, leaked, CFG)
     assert d.promote, d.reason
     c = d.comparison
-    assert (c.n_test, c.n_excluded, c.n_excluded_champion_train, c.n_compared) == (N, 40, 40, 960)
+    assert (c.n_test, c.n_excluded, c.n_compared) == (N, 40, 960)
     assert (c.mcnemar.b, c.mcnemar.c) == (0, 0)
     assert "40 excluded as seen in training" in by_name(d)["non_regression"].detail
 
@@ -284,14 +249,9 @@ def test_slice_regression_detected_and_small_slices_not_judged() -> None:
     assert relaxed.promote
 
 
-def test_slices_from_masks() -> None:
-    got = slices_from_masks(["a", "b", "c"], {"neg": [True, False, True]})
-    assert got == {"neg": frozenset({"a", "c"})}
-
-
 def test_baseline_requirement() -> None:
     good = evidence("v1", range(0, 100))  # macro-F1 ~0.90
-    beaten = evidence("v1", range(0, 100), baseline=BaselineMetrics(accuracy=0.92, macro_f1=0.92))
+    beaten = evidence("v1", range(0, 100), baseline_macro_f1=0.92)
     d = decide(beaten, None, CFG)
     assert [c.name for c in d.failed] == ["beats_baseline"]
     assert "<= baseline 0.920" in d.reason
@@ -300,16 +260,16 @@ def test_baseline_requirement() -> None:
     assert off.promote and not by_name(off)["beats_baseline"].applicable
     assert "<= baseline 0.920 (reported only" in by_name(off)["beats_baseline"].detail
     assert "beats_baseline" in off.to_markdown()
-    missing = decide(evidence("v1", baseline=None), None, CFG)
+    missing = decide(evidence("v1", baseline_macro_f1=None), None, CFG)
     assert "no baseline metrics" in missing.reason
 
 
 def test_serving_budget_violations() -> None:
-    slow = evidence("v1", serving=ServingMeasurements(latency_p95_ms=150.0, model_size_mb=600.0))
+    slow = evidence("v1", latency_p95_ms=150.0, model_size_mb=600.0)
     d = decide(slow, None, CFG)
     assert [c.name for c in d.failed] == ["latency_p95_ms", "model_size_mb"]
     assert d.reason == "rejected: p95 latency (ms) 150.0 > limit 100.0; also failed: model_size_mb"
-    unmeasured = decide(evidence("v1", serving=None), None, CFG)
+    unmeasured = decide(evidence("v1", latency_p95_ms=None), None, CFG)
     assert "not measured" in unmeasured.reason
     unlimited = decide(
         slow, None, CFG.model_copy(update={"max_latency_p95_ms": None, "max_model_size_mb": None})
@@ -329,7 +289,7 @@ def lexicon_proba(texts: list[str]) -> np.ndarray:
 
 def test_behaviour_checks_with_fake_classifier() -> None:
     res = run_behaviour_checks(lexicon_proba, LABELS)
-    assert res.applicable and res.n_cases == len(DEFAULT_CASES) == 18
+    assert res.applicable and res.n_cases == len(cases_for(GateBehaviourConfig())) == 18
     # "东西不错" contains 不: the lexicon model calls it negative, the only failure.
     assert [f.name for f in res.failures] == ["mft_pos_again"]
     assert res.pass_rate == pytest.approx(17 / 18)
@@ -415,17 +375,15 @@ def test_decision_id_json_and_markdown() -> None:
     d1, d2 = decide(challenger, champion, CFG), decide(challenger, champion, CFG)
     assert d1.id == d2.id and len(d1.id) == 16
     assert decide(challenger, champion, CFG.model_copy(update={"alpha": 0.01})).id != d1.id
-    assert decide(challenger, champion, CFG, decision_id="run-123").id == "run-123"
 
-    raw = json.loads(d1.to_json())
+    raw = json.loads(json.dumps(d1.to_dict()))
     assert raw["promote"] is False and raw["comparison"]["mcnemar"]["b"] == 10
     assert raw["comparison"]["bootstrap"]["n_resamples"] == 200
-    assert raw["config"]["max_regression"] == 0.005
     assert [c["name"] for c in raw["criteria"]][:4] == [
         "accuracy_floor",
         "macro_f1_floor",
         "class_recall_floor",
-        "same_test_split",
+        "non_regression",
     ]
 
     md = d1.to_markdown()
@@ -435,15 +393,9 @@ def test_decision_id_json_and_markdown() -> None:
     assert "b=10 (champion right, challenger wrong), c=2" in md
 
 
-def test_evidence_validation() -> None:
-    with pytest.raises(ValueError, match="same length"):
-        CandidateEvidence("v", LABELS, ("a", "b"), ("positive",), ("positive",), "d")
-    with pytest.raises(ValueError, match="not among"):
-        CandidateEvidence("v", LABELS, ("a",), ("neutral",), ("positive",), "d")
-    ev = CandidateEvidence.from_probabilities(
-        "v", LABELS, ["a", "b"], ["negative", "positive"], [[0.8, 0.2], [0.3, 0.7]], "d"
-    )
-    assert ev.predicted == ("negative", "positive")
+def test_unknown_labels_are_a_data_error() -> None:
+    with pytest.raises(DataError, match="not among"):
+        decide(Evidence("v", LABELS, ("a",), ("neutral",), ("positive",)), None, CFG)
 
 
 def test_gate_config_validation() -> None:

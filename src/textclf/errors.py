@@ -1,10 +1,11 @@
-"""Errors a user can act on. The CLI prints them as one line (no traceback) and exits non-zero."""
+"""Errors a user can act on. The CLI prints them as one line (no traceback) and exits with their code
+(see ``textclf --help``); the flow does not retry them, since the same inputs would fail the same way."""
 
 
 class TextclfError(Exception):
-    """Base class: a problem with the user's input, data or configuration."""
+    """A problem with the user's input, data, configuration or registry state (exit 3)."""
 
-    exit_code = 2
+    exit_code = 3
 
 
 class ConfigError(TextclfError):
@@ -16,9 +17,9 @@ class DataError(TextclfError):
 
 
 class ValidationFailed(TextclfError):
-    """A Great Expectations suite had blocking failures. Retrying cannot fix it."""
+    """A Great Expectations suite had blocking failures (exit 4)."""
 
-    exit_code = 3
+    exit_code = 4
 
 
 class ModelSourceError(TextclfError):

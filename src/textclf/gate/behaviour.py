@@ -12,10 +12,9 @@ to the task's label names. When the labels lack either role (a non-sentiment tas
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,42 +52,6 @@ class BehaviourCase:
             )
 
 
-def _mft(name: str, text: str, expect: str) -> BehaviourCase:
-    return BehaviourCase(name, "mft", (text,), expect)
-
-
-def _inv(name: str, a: str, b: str) -> BehaviourCase:
-    return BehaviourCase(name, "invariance", (a, b))
-
-
-def _dir(name: str, original: str, negated: str) -> BehaviourCase:
-    return BehaviourCase(name, "directional", (original, negated))
-
-
-# Chinese product-review sentiment. Short and unambiguous on purpose: a model failing these is
-# broken, not merely weak.
-DEFAULT_CASES: tuple[BehaviourCase, ...] = (
-    _mft("mft_pos_quality", "质量很好，非常满意", "positive"),
-    _mft("mft_pos_delivery", "物流很快，包装完好，好评", "positive"),
-    _mft("mft_pos_recommend", "性价比很高，推荐购买", "positive"),
-    _mft("mft_pos_again", "东西不错，下次还会再来买", "positive"),
-    _mft("mft_neg_quality", "质量太差了，非常失望", "negative"),
-    _mft("mft_neg_broken", "用了两天就坏了，差评", "negative"),
-    _mft("mft_neg_service", "客服态度恶劣，再也不买了", "negative"),
-    _mft("mft_neg_fake", "完全是假货，要求退货", "negative"),
-    _inv("inv_fullwidth_punct_pos", "质量很好，非常满意！", "质量很好,非常满意!"),
-    _inv("inv_fullwidth_punct_neg", "太差了，非常失望。", "太差了,非常失望."),
-    _inv("inv_trailing_space_pos", "物流很快", "物流很快   "),
-    _inv("inv_trailing_space_neg", "用了两天就坏了", "用了两天就坏了 "),
-    _inv("inv_emoji_pos", "非常满意👍", "非常满意"),
-    _dir("dir_hen_hao", "很好", "不好"),
-    _dir("dir_feichang_manyi", "非常满意", "非常不满意"),
-    _dir("dir_tuijian", "推荐购买", "不推荐购买"),
-    _dir("dir_xihuan", "很喜欢", "不喜欢"),
-    _dir("dir_zhiliang", "质量好", "质量不好"),
-)
-
-
 @dataclass(frozen=True)
 class BehaviourFailure:
     name: str
@@ -108,46 +71,22 @@ class BehaviourResult:
     pass_rate_by_kind: Mapping[str, float] = field(default_factory=dict)
     reason: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["failures"] = [asdict(f) for f in self.failures]
-        out["pass_rate_by_kind"] = dict(self.pass_rate_by_kind)
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> BehaviourResult:
-        return cls(
-            applicable=bool(raw["applicable"]),
-            pass_rate=None if raw.get("pass_rate") is None else float(raw["pass_rate"]),
-            n_cases=int(raw["n_cases"]),
-            n_passed=int(raw["n_passed"]),
-            failures=tuple(BehaviourFailure(**f) for f in raw.get("failures", ())),
-            pass_rate_by_kind=dict(raw.get("pass_rate_by_kind", {})),
-            reason=str(raw.get("reason", "")),
-        )
-
 
 def not_applicable(reason: str) -> BehaviourResult:
     return BehaviourResult(applicable=False, pass_rate=None, n_cases=0, n_passed=0, reason=reason)
 
 
-def cases_from_records(records: Sequence[Mapping[str, Any]]) -> tuple[BehaviourCase, ...]:
-    """Cases from plain records ``{name, kind, texts, expect?}`` (e.g. a YAML list)."""
+def load_cases(path: Path | str) -> tuple[BehaviourCase, ...]:
+    """Read a YAML (or JSON) list of ``{name, kind, texts, expect?}`` records (``gate.behaviour.cases_file``)."""
+    import yaml
+
+    records = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a list of behaviour cases")
     return tuple(
         BehaviourCase(str(r["name"]), r["kind"], tuple(str(t) for t in r["texts"]), r.get("expect"))
         for r in records
     )
-
-
-def load_cases(path: Path | str) -> tuple[BehaviourCase, ...]:
-    """Read a YAML or JSON list of case records (``gate.behaviour.cases_file``)."""
-    import yaml
-
-    text = Path(path).read_text(encoding="utf-8")
-    records = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a list of behaviour cases")
-    return cases_from_records(records)
 
 
 def _check(
@@ -181,12 +120,11 @@ def _check(
 def run_behaviour_checks(
     predict_proba: Callable[[list[str]], Any],
     labels: Sequence[str],
-    cases: Sequence[BehaviourCase] = DEFAULT_CASES,
+    cases: Sequence[BehaviourCase] | None = None,
     cfg: GateBehaviourConfig | None = None,
 ) -> BehaviourResult:
-    """Score every case text in one call and report the pass rate and each failure.
-
-    ``predict_proba(texts)`` returns an (n, len(labels)) array in ``labels`` order (a
+    """Score every case text in one call and report the pass rate and each failure. ``cases`` default
+    to :func:`cases_for` ``cfg``. ``predict_proba(texts)`` returns an (n, len(labels)) array in ``labels`` order (a
     ``(proba, extra)`` tuple such as ``Predictor.predict_proba``'s is accepted too).
     """
     labels = list(labels)
@@ -197,6 +135,7 @@ def run_behaviour_checks(
     missing = [lab for lab in role_label.values() if lab not in labels]
     if missing:
         return not_applicable(f"not applicable: labels {labels} lack {missing}")
+    cases = cases_for(cfg) if cases is None else cases
     if not cases:
         return not_applicable("not applicable: no behaviour cases configured")
     texts = [t for case in cases for t in case.texts]
@@ -226,10 +165,15 @@ def run_behaviour_checks(
         n_passed=n_passed,
         failures=tuple(failures),
         pass_rate_by_kind={k: sum(v) / len(v) for k, v in seen.items()},
-        reason=f"{n_passed}/{len(cases)} behaviour cases passed",
+        reason=f"{n_passed}/{len(cases)} cases passed"
+        + (f"; failed: {', '.join(f.name for f in failures[:5])}" if failures else "")
+        + (f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""),
     )
 
 
+DEFAULT_CASES_FILE = Path(__file__).with_name("behaviour_cases.yaml")
+
+
 def cases_for(cfg: GateBehaviourConfig) -> tuple[BehaviourCase, ...]:
-    """The configured case set: ``cfg.cases_file`` when given, else :data:`DEFAULT_CASES`."""
-    return load_cases(cfg.cases_file) if cfg.cases_file is not None else DEFAULT_CASES
+    """The configured case set: ``cfg.cases_file`` when given, else the built-in ``behaviour_cases.yaml``."""
+    return load_cases(cfg.cases_file or DEFAULT_CASES_FILE)
