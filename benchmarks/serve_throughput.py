@@ -18,9 +18,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -78,50 +75,6 @@ def random_model_dir(cfg: Config, texts: list[str], out: Path) -> Path:
     BertTokenizer(vocab=vocab).save_pretrained(out)
     Preprocessing(normalize=cfg.prepare.normalize, max_length=cfg.model.max_length).save(out)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bento_tag: str, bentoml_home: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from textclf.serving import package
-
-    port = free_port()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            package.serve_command(bento_tag, "127.0.0.1", port),
-            env=package.serve_env(bentoml_home, dict(os.environ)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited:\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError("bentoml serve not ready after 180 s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 def drive(base: str, texts: list[str], clients: int, duration: float, per_request: int) -> dict[str, float]:
@@ -216,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {}
     for name, serve_cfg in variants.items():
         bento = package.build_bento(model_tag, serve_cfg, Path.cwd(), labels={"variant": name})
-        proc, base = start_server(bento, home, home / f"serve-{name}.log")
-        try:
+        with package.served(bento, home / f"serve-{name}.log", timeout_s=180) as base:
             drive(base, texts, 4, 2.0, args.texts_per_request)  # warm-up (and dispatcher training)
             results[name] = []
             for clients in args.concurrency:
@@ -234,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"  errors {row['errors']}  req/call {row['requests_per_model_call']:.1f}",
                     flush=True,
                 )
-        finally:
-            stop_server(proc)
 
     for i, clients in enumerate(args.concurrency):
         ratio = results["batched"][i]["texts_per_s"] / max(results["one-at-a-time"][i]["texts_per_s"], 1e-9)

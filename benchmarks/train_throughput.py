@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from textclf.config import apply_overrides, load_config
+from textclf.data.normalize import normalize
 from textclf.model.build import build_classifier, build_tokenizer
-from textclf.train.data import clean_texts, encode, resolve_labels
+from textclf.train.data import encode, resolve_labels
 from textclf.train.trainer import CountingTrainer, compute_metrics, training_arguments
 
 
@@ -43,8 +44,8 @@ def run_variant(name: str, cfg: Any, train: pd.DataFrame, val: pd.DataFrame, ste
 
     labels = resolve_labels(cfg.data.labels, train, val)
     label2id = {lab: i for i, lab in enumerate(labels)}
-    train_texts = clean_texts(train["text"].tolist(), cfg.prepare.normalize)
-    val_texts = clean_texts(val["text"].tolist(), cfg.prepare.normalize)
+    train_texts = [normalize(t, cfg.prepare.normalize) for t in train["text"]]
+    val_texts = [normalize(t, cfg.prepare.normalize) for t in val["text"]]
     set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.model, train_texts)
     model = build_classifier(cfg.model, tokenizer, labels)
@@ -52,7 +53,7 @@ def run_variant(name: str, cfg: Any, train: pd.DataFrame, val: pd.DataFrame, ste
     train_ids = [label2id[str(v)] for v in train["label"]]
     val_ids = [label2id[str(v)] for v in val["label"]]
     train_ds = encode(tokenizer, train_texts, train_ids, max_len)
-    val_ds = encode(tokenizer, val_texts, val_ids, max_len, sort_by_length=True)
+    val_ds = encode(tokenizer, val_texts, val_ids, max_len)
     collator = _PadToMax(tokenizer, max_len) if name == "b" else DataCollatorWithPadding(tokenizer)
     args = training_arguments(
         cfg,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from textclf.train import train_model  # noqa: E402
+from textclf.train.trainer import train_model  # noqa: E402
 from train_fixtures import make_frame, tiny_config  # noqa: E402
 
 
@@ -21,7 +21,7 @@ def main(out: Path) -> None:
         "is_main_process": result.is_main_process,
         "global_step": result.global_step,
         "device": result.device,
-        "val_accuracy": result.best_metrics.get("val_accuracy"),
+        "val_accuracy": result.best.get("val_accuracy"),
     }
     import torch.distributed as dist
 

@@ -11,9 +11,6 @@ import importlib.metadata
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -90,12 +87,6 @@ def _texts(n: int, seed: int = 1) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bentoml_home() -> Path:
     # conftest points it at the session's temp folder before bentoml is first used.
@@ -116,49 +107,8 @@ def built(model_dir: Path, repo_root: Path, bentoml_home: Path) -> dict[str, str
 
 @pytest.fixture(scope="module")
 def server(built: dict[str, str], bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            package.serve_command(built["bento"], "127.0.0.1", port),
-            env=package.serve_env(bentoml_home, dict(os.environ)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: teardown kills workers too
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with package.served(built["bento"], tmp_path_factory.mktemp("serve") / "serve.log") as base:
         yield base
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    # Workers share the group; make sure none outlives the test.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _classify(client: httpx.Client, texts: list[str]) -> list[dict]:

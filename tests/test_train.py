@@ -21,8 +21,13 @@ from textclf.errors import DataError, ModelSourceError  # noqa: E402
 from textclf.model.build import build_classifier, build_tokenizer  # noqa: E402
 from textclf.model.predictor import PREPROCESSING_FILE, Predictor  # noqa: E402
 from textclf.model.tokenizer import UNK, build_char_tokenizer  # noqa: E402
-from textclf.train import InjectedFault, effective_config, train_model  # noqa: E402
-from textclf.train.trainer import FINGERPRINT_FILE  # noqa: E402
+from textclf.train.data import training_fingerprint  # noqa: E402
+from textclf.train.trainer import (  # noqa: E402
+    FINGERPRINT_FILE,
+    effective_config,
+    prepare_checkpoint_dir,
+    train_model,
+)
 from train_fixtures import make_frame, tiny_config  # noqa: E402
 
 torch.set_num_threads(1)
@@ -38,7 +43,19 @@ def trained(tmp_path_factory, frames):
     out = tmp_path_factory.mktemp("trained")
     train, val = frames
     result = train_model(tiny_config(), train, val, out / "model", out / "ckpt")
+    object.__setattr__(result, "model_dir", out / "model")  # where the test asked it to save
     return result
+
+
+class _CrashAt(TrainerCallback):
+    """A fault injected by the test: the process "dies" once ``step`` optimizer steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if state.global_step >= self.step:
+            raise RuntimeError(f"simulated crash after {state.global_step} steps")
 
 
 class _StepAtStart(TrainerCallback):
@@ -130,7 +147,7 @@ def test_train_saves_standard_dir_and_predictor_round_trips(trained, frames):
     labels = [p.label for p in pred.predict(texts)]
     accuracy = sum(a == b for a, b in zip(labels, val["label"], strict=True)) / len(labels)
     assert accuracy >= 0.9
-    assert trained.best_metrics["val_accuracy"] == pytest.approx(accuracy)
+    assert trained.best["val_accuracy"] == pytest.approx(accuracy)
 
 
 def test_train_result_reports_history_and_efficiency(trained):
@@ -150,7 +167,7 @@ def test_labels_from_config_with_three_classes(tmp_path):
     cfg = apply_overrides(tiny_config(epochs=1), {"data": {"labels": list(classes)}})
     result = train_model(cfg, train, val, tmp_path / "m", tmp_path / "c")
     assert result.labels == list(classes)
-    pred = Predictor(result.model_dir, device="cpu")
+    pred = Predictor(tmp_path / "m", device="cpu")
     assert pred.labels == list(classes)
     assert len(pred.predict(["好棒"])[0].probabilities) == 3
 
@@ -163,27 +180,31 @@ def test_unknown_label_in_val_is_a_data_error(tmp_path, frames):
 
 
 # --------------------------------------------------------------------------- resume
-def test_resume_after_fault_continues_from_checkpoint(tmp_path, frames, trained):
+def test_resume_after_crash_continues_from_checkpoint(tmp_path, frames, trained):
     train, val = frames
     cfg = tiny_config()  # checkpoint_steps=4
-    with pytest.raises(InjectedFault):
-        train_model(cfg, train, val, tmp_path / "m", tmp_path / "c", fault_after_steps=10)
+    assert not prepare_checkpoint_dir(tmp_path / "c", training_fingerprint(cfg, train, val))  # fresh
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_model(cfg, train, val, tmp_path / "m", tmp_path / "c", callbacks=[_CrashAt(10)])
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
+    assert prepare_checkpoint_dir(tmp_path / "c", training_fingerprint(cfg, train, val))  # same inputs: kept
     probe = _StepAtStart()
     result = train_model(cfg, train, val, tmp_path / "m", tmp_path / "c", callbacks=[probe])
-    assert result.resumed_from_step == 8  # latest checkpoint at or before the fault
+    assert result.resumed_from_step == 8  # latest checkpoint at or before the crash
     assert probe.start_step == 8
     assert result.global_step == trained.global_step  # same end as an uninterrupted run
     assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0]  # epoch-1 eval restored from state
 
-    # A config change makes the old checkpoints stale: fresh start, fingerprint rewritten.
+    # A config change makes the old checkpoints stale: cleared, fresh start, fingerprint rewritten.
     old = json.loads((tmp_path / "c" / FINGERPRINT_FILE).read_text())
-    probe = _StepAtStart()
     changed = tiny_config(learning_rate=4e-3, epochs=1)
+    assert not prepare_checkpoint_dir(tmp_path / "c", training_fingerprint(changed, train, val))
+    assert not list((tmp_path / "c").glob("checkpoint-*"))
+    probe = _StepAtStart()
     result = train_model(changed, train, val, tmp_path / "m", tmp_path / "c", callbacks=[probe])
     assert result.resumed_from_step == 0 and probe.start_step == 0 and result.global_step == 13
-    assert json.loads((tmp_path / "c" / FINGERPRINT_FILE).read_text())["config"] != old["config"]
+    assert json.loads((tmp_path / "c" / FINGERPRINT_FILE).read_text()) != old
 
 
 def test_effective_config_gpu_profile_applies_cleanly():
@@ -205,7 +226,7 @@ def test_mlm_pretraining_then_finetune(tmp_path, frames):
     assert (mlm_dir / "model.safetensors").is_file()
     assert json.loads((mlm_dir / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     assert result.global_step == 26
-    Predictor(result.model_dir, device="cpu").predict(["好棒"])
+    Predictor(tmp_path / "m", device="cpu").predict(["好棒"])
 
 
 # --------------------------------------------------------------------------- DDP

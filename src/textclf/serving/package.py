@@ -8,13 +8,19 @@ pins versions with ``lock_packages: false``, so nothing is resolved against a pa
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from textclf.config import ServeConfig
-from textclf.errors import ConfigError, ModelSourceError
+from textclf.errors import ConfigError, ModelSourceError, TextclfError
 from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -115,3 +121,57 @@ def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
 def serve_env(bentoml_home: Path, base: dict[str, str]) -> dict[str, str]:
     """``base`` (usually os.environ) with BENTOML_HOME set and BentoML's telemetry off."""
     return {**base, "BENTOML_HOME": str(Path(bentoml_home).resolve()), "BENTOML_DO_NOT_TRACK": "true"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def served(bento_tag: str, log_path: Path, timeout_s: float = 120.0) -> Iterator[str]:
+    """A real ``bentoml serve`` of ``bento_tag`` on a free loopback port, in its own process group;
+    yields its base URL once ``/readyz`` answers, stops the whole group after."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            serve_command(bento_tag, "127.0.0.1", port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ServeFailed(
+                    f"bentoml serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServeFailed(
+                    f"bentoml serve not ready after {timeout_s:.0f} s: {log_path.read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        yield base
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # workers share the group: none outlives it
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+class ServeFailed(TextclfError):
+    """A Bento did not start serving."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -44,32 +42,39 @@ def tracking_uri(cfg: Config, root: Path) -> str:
     return embedded_tracking_uri(cfg, root)
 
 
-def is_embedded(cfg: Config, root: Path) -> bool:
-    return tracking_uri(cfg, root) == embedded_tracking_uri(cfg, root)
-
-
 def client(cfg: Config, root: Path) -> MlflowClient:
     """A client bound to the resolved store, without touching MLflow's global state."""
     uri = tracking_uri(cfg, root)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's process-global URIs (the fluent API; the registry resolving ``models:/m-<id>``)
+    at ``uri`` WITHOUT the ``MLFLOW_TRACKING_URI`` variable that ``mlflow.set_tracking_uri`` also exports:
+    that variable wins in :func:`tracking_uri`, and would point every later project at this store."""
+    before = os.environ.get(ENV_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop(ENV_TRACKING_URI, None)
+    else:
+        os.environ[ENV_TRACKING_URI] = before
+
+
 def configure_mlflow(cfg: Config, root: Path) -> str:
     """Point the fluent MLflow API at the resolved store and experiment; return the experiment id.
 
-    The experiment is created when missing; in the embedded store its artifacts go to
-    ``<paths.mlflow_dir>/artifacts`` rather than MLflow's default ``./mlruns`` under the cwd.
+    The experiment is created when missing; with a local SQLite store its artifacts go to ``artifacts/``
+    beside the database, not MLflow's default ``./mlruns`` under whatever the current directory is.
     """
-    import mlflow
 
     uri = tracking_uri(cfg, root)
     artifact_location: str | None = None
-    if uri == embedded_tracking_uri(cfg, root):
-        art = store_dir(cfg, root) / ARTIFACTS_DIR
-        art.mkdir(parents=True, exist_ok=True)  # SQLite needs the folder to exist
+    if uri.startswith("sqlite:///"):  # a local store keeps its artifacts beside it, wherever the caller runs
+        art = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR
+        art.mkdir(parents=True, exist_ok=True)
         artifact_location = art.as_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_store(uri)
     name = cfg.mlflow.experiment
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = c.get_experiment_by_name(name)
@@ -83,23 +88,3 @@ def configure_mlflow(cfg: Config, root: Path) -> str:
             log.warning("restored deleted MLflow experiment %s", name)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-@contextmanager
-def global_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's process-global tracking URI at ``uri`` for a block, then restore it.
-
-    MLflow 3's registry resolves a ``models:/m-<id>`` source through the *global* tracking store,
-    not the client's, so ``create_model_version`` on a client bound elsewhere fails with
-    "Logged model ... not found".
-    """
-    # The private global, not get_tracking_uri(): restoring its *default* would pin it (and the
-    # MLFLOW_TRACKING_URI env var that set_tracking_uri exports) to the cwd's mlflow.db.
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    previous = tracking_utils._tracking_uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)

@@ -55,8 +55,7 @@ def pretrain_mlm(
     if cfg.model.mlm.extra_corpus is not None:
         texts += read_extra_corpus(cfg.model.mlm.extra_corpus, cfg.model.mlm.max_extra_lines, cfg)
     enc = tokenizer(texts, truncation=True, max_length=cfg.model.max_length, return_special_tokens_mask=True)
-    columns = {k: list(v) for k, v in enc.items()}
-    dataset = _UnlabeledDataset(EncodedDataset(columns, [0] * len(texts)))
+    dataset = EncodedDataset({k: list(v) for k, v in enc.items()})
     logger.info("MLM pretraining on %d texts for %s epochs", len(texts), cfg.model.mlm.epochs)
     collator = DataCollatorForLanguageModeling(
         tokenizer=tokenizer, mlm=True, mlm_probability=cfg.model.mlm.mask_probability
@@ -74,18 +73,3 @@ def pretrain_mlm(
         (out_dir / DONE_MARKER).write_text("ok\n", encoding="utf-8")
     trainer.accelerator.wait_for_everyone()
     return out_dir
-
-
-class _UnlabeledDataset:
-    """Drops the dummy label: the MLM collator makes its own labels."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self._inner[i])
-        item.pop("labels", None)
-        return item
