@@ -26,6 +26,11 @@ _ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "TOKENIZERS_PARALLELISM": "false",
+    # A git identity for the commits DVC experiments make (CI machines have none configured).
+    "GIT_AUTHOR_NAME": "textclf-tests",
+    "GIT_AUTHOR_EMAIL": "tests@textclf.invalid",
+    "GIT_COMMITTER_NAME": "textclf-tests",
+    "GIT_COMMITTER_EMAIL": "tests@textclf.invalid",
 }
 for _k, _v in _ENV.items():
     os.environ[_k] = _v

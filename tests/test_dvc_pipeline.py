@@ -114,3 +114,89 @@ def test_corrupt_raw_stops_at_validation(
 ) -> None:
     proc = _corrupt(project, tmp_path, mutate)
     assert reason in proc.stdout + proc.stderr, (name, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+# --------------------------------------------------------------------------- DVC is the change detector
+def _imports(module: str, src: Path, seen: set[str]) -> set[str]:
+    """Every textclf module ``module`` imports, at the top or inside functions, transitively."""
+    import ast
+
+    if module in seen:
+        return seen
+    seen.add(module)
+    path = src / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.startswith("textclf") and (
+                (src / Path(*name.split("."))).is_dir()
+                or (src / Path(*name.split("."))).with_suffix(".py").is_file()
+            ):
+                _imports(name, src, seen)
+    return seen
+
+
+def _stage_entry_imports(stage: str, src: Path) -> set[Path]:
+    """Files of the modules that textclf.stages.run_<stage> imports (its own body and module level)."""
+    import ast
+
+    tree = ast.parse((src / "textclf" / "stages.py").read_text(encoding="utf-8"))
+    body = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
+    body += [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"run_{stage}"]
+    seen: set[str] = {"textclf.stages"}
+    for node in (x for part in body for x in ast.walk(part)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("textclf"):
+            for name in [node.module] + [f"{node.module}.{a.name}" for a in node.names]:
+                p = src / Path(*name.split("."))
+                if p.is_dir() or p.with_suffix(".py").is_file():
+                    _imports(name, src, seen)
+    files = set()
+    for module in seen:
+        p = src / Path(*module.split("."))
+        files.add(p / "__init__.py" if p.is_dir() else p.with_suffix(".py"))
+    return files
+
+
+@pytest.mark.parametrize("stage", ["validate_raw", "prepare", "validate_prepared", "train", "evaluate"])
+def test_stage_deps_cover_every_module_the_stage_imports(repo_root: Path, stage: str) -> None:
+    spec = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"][stage]
+    deps = [repo_root / d for d in spec["deps"] if d.startswith("src/")]
+    entry = "validate_raw" if stage == "validate_raw" else stage
+    files = _stage_entry_imports(
+        entry if stage != "validate_prepared" else "validate_prepared", repo_root / "src"
+    )
+    uncovered = sorted(
+        str(f.relative_to(repo_root))
+        for f in files
+        if f.name != "__init__.py" or f.parent.name == "textclf"
+        if not any(f == d or d in f.parents for d in deps) and f.name != "__init__.py"
+    )
+    assert not uncovered, f"{stage} imports modules that are not among its DVC deps: {uncovered}"
+
+
+def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Path) -> None:
+    from textclf import pipeline
+
+    assert pipeline.changed(project) == []
+    params = project / "params.yaml"
+    params.write_text("# a comment that changes no value\n" + params.read_text())
+    assert pipeline.changed(project) == []  # DVC compares param values, not bytes
+    assert not any(pipeline.reproduce(project, s) for s in pipeline.stage_names(project))
+
+    plots = project / "src" / "textclf" / "evaluate" / "plots.py"
+    plots.write_text(plots.read_text() + "\n# a change in a module evaluate imports\n")
+    assert pipeline.changed(project) == ["evaluate"]
+    ran = {s: pipeline.reproduce(project, s) for s in pipeline.stage_names(project)}
+    assert ran == {
+        "validate_raw": False,
+        "prepare": False,
+        "validate_prepared": False,
+        "train": False,
+        "evaluate": True,
+    }
+    assert pipeline.changed(project) == []

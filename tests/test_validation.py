@@ -13,13 +13,9 @@ import pytest
 
 from textclf.config import Config, apply_overrides, load_config
 from textclf.errors import ConfigError, DataError, ValidationFailed
-from textclf.validation import (
-    ValidationReport,
-    run_validate_prepared,
-    run_validate_raw,
-    validate_prepared,
-    validate_raw,
-)
+from textclf.stages import run_validate_prepared, run_validate_raw
+from textclf.validation.report import ValidationReport
+from textclf.validation.suites import validate_prepared, validate_raw
 
 LABELS = ["negative", "positive"]
 
@@ -175,7 +171,7 @@ def test_non_utf8_file_is_reported_not_crashed(cfg: Config, tmp_path: Path) -> N
     path.write_bytes(data)
     run_cfg = _with(cfg, {"paths": {"raw": str(path), "reports": str(tmp_path / "reports")}})
     with pytest.raises(ValidationFailed, match="text_utf8"):  # 1 row in 201 is over mostly=0.999
-        run_validate_raw(run_cfg)
+        run_validate_raw(run_cfg, tmp_path)
 
 
 def test_unknown_label_in_one_row_fails(cfg: Config, tmp_path: Path) -> None:
@@ -252,12 +248,12 @@ def test_run_validate_raw_reads_config_paths_and_raises(cfg: Config, tmp_path: P
     frame.to_csv(path, index=False)
     run_cfg = _with(cfg, {"paths": {"raw": str(path), "reports": str(tmp_path / "reports")}})
     with pytest.raises(ValidationFailed, match="label_in_set"):
-        run_validate_raw(run_cfg)
+        run_validate_raw(run_cfg, tmp_path)
     assert (tmp_path / "reports" / "raw" / "summary.json").is_file()  # written before raising
 
     missing = _with(run_cfg, {"paths": {"raw": str(tmp_path / "nope.csv")}})
     with pytest.raises(DataError, match="not found"):
-        run_validate_raw(missing)
+        run_validate_raw(missing, tmp_path)
 
 
 # --------------------------------------------------------------------------- prepared
@@ -342,11 +338,11 @@ def test_run_validate_prepared_reads_parquet(cfg: Config, tmp_path: Path) -> Non
     for name, frame in splits().items():
         frame.to_parquet(prepared / f"{name}.parquet", index=False)
     run_cfg = _with(cfg, {"paths": {"prepared": str(prepared), "reports": str(tmp_path / "reports")}})
-    assert run_validate_prepared(run_cfg).success
+    run_validate_prepared(run_cfg, tmp_path)  # passes: no exception
     assert (tmp_path / "reports" / "prepared" / "summary.json").is_file()
     (prepared / "val.parquet").unlink()
     with pytest.raises(DataError, match="val.parquet"):
-        run_validate_prepared(run_cfg)
+        run_validate_prepared(run_cfg, tmp_path)
 
 
 # --------------------------------------------------------------------------- misc

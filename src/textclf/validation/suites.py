@@ -171,6 +171,37 @@ def _label_check(gxe: Any, column: str, labels: tuple[str, ...] | None) -> Calla
     )
 
 
+def _class_checks(plan: Plan, pcfg: Any, gxe: Any) -> list[PlannedCheck]:
+    """Per split x class: a minimum count and a fraction within bounds (rows of the class table)."""
+    lo, hi = pcfg.class_fraction_min, pcfg.class_fraction_max
+    count = f"Every class has at least {pcfg.min_per_class_per_split} rows in every split (zeros included)"
+    return [
+        plan(
+            "class_min_count",
+            "class_table",
+            partial(
+                gxe.ExpectColumnValuesToBeBetween,
+                column="count",
+                min_value=pcfg.min_per_class_per_split,
+                description=count,
+            ),
+            "label",
+        ),
+        plan(
+            "class_balance",
+            "class_table",
+            partial(
+                gxe.ExpectColumnValuesToBeBetween,
+                column="fraction",
+                min_value=lo,
+                max_value=hi,
+                description=f"Each class is {lo:g}..{hi:g} of its split",
+            ),
+            "label",
+        ),
+    ]
+
+
 def prepared_plan(
     columns: list[str], vcfg: ValidationConfig, labels: list[str]
 ) -> tuple[list[PlannedCheck], dict[str, str]]:
@@ -212,35 +243,7 @@ def prepared_plan(
             "text",
             "label",
         ),
-        plan(
-            "class_min_count",
-            "class_table",
-            partial(
-                gxe.ExpectColumnValuesToBeBetween,
-                column="count",
-                min_value=pcfg.min_per_class_per_split,
-                description=(
-                    f"Every class has at least {pcfg.min_per_class_per_split} rows in every split "
-                    "(rows: split x class counts, zeros included)"
-                ),
-            ),
-            "label",
-        ),
-        plan(
-            "class_balance",
-            "class_table",
-            partial(
-                gxe.ExpectColumnValuesToBeBetween,
-                column="fraction",
-                min_value=pcfg.class_fraction_min,
-                max_value=pcfg.class_fraction_max,
-                description=(
-                    f"Each class is {pcfg.class_fraction_min:g}..{pcfg.class_fraction_max:g} "
-                    "of its split (rows: split x class fractions)"
-                ),
-            ),
-            "label",
-        ),
+        *_class_checks(plan, pcfg, gxe),
     ]
     return _runnable(planned, columns)
 

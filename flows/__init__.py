@@ -1,1 +1,0 @@
-"""Prefect flows of textclf (thin orchestration over the textclf library)."""
