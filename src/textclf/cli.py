@@ -29,6 +29,7 @@ app = typer.Typer(
     help="Validated, versioned, retriable text classification: data → model → Bento.\n\n" + EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring lines are joined into paragraphs
 )
 registry_app = typer.Typer(
     help="Read the model registry: versions, aliases, gate results, history.", no_args_is_help=True
@@ -224,18 +225,39 @@ def lineage(
         raise typer.Exit(3)
 
 
+@app.command()
+def monitor(
+    since: Annotated[str | None, typer.Option(help="ISO date/time: only records from then on.")] = None,
+) -> None:
+    """Compare the traffic the service recorded with the champion's training data (length PSI, n-gram
+    and predicted-class divergence, [UNK] rate, confidence). Writes <paths.reports>/monitoring/report.md
+    and a monitoring run in MLflow; exits 5 when the data drifted."""
+    from textclf.monitor import monitor as run_monitor
+
+    report = run_monitor(cfg(), root(), since)
+    out.print(report.markdown(), markup=False)
+    if report.drifted:
+        raise typer.Exit(5)
+
+
 # --------------------------------------------------------------------------- serving / flow
 @app.command()
 def package(
     ref: Annotated[str | None, typer.Argument(help="Alias or version (default: serve.registry_ref).")] = None,
+    image: Annotated[bool, typer.Option("--image", help="Also build its OCI image (needs Docker).")] = False,
+    image_tag: Annotated[str | None, typer.Option(help="Image tag (default: the Bento's tag).")] = None,
 ) -> None:
-    """Build a Bento (offline) from a registry version, with its lineage as labels; records the tag on the version."""
+    """Build a Bento (offline) from a registry version, with its lineage as labels, and record the tag on
+    the version. With --image, also build its OCI image with bentoml containerize (see docs/images.md)."""
     from textclf.serving.release import package as do_package
 
     result = do_package(cfg(), root(), ref)
-    out.print(
-        f"bento {result.bento_tag} (v{result.version}, model {result.model_tag})\nDockerfile: {result.dockerfile}"
-    )
+    out.print(f"bento {result.bento_tag} (v{result.version}, model {result.model_tag})", markup=False)
+    out.print(f"Dockerfile: {result.dockerfile}", markup=False)
+    if image:
+        from textclf.serving.image import build_image
+
+        out.print(f"image {build_image(result.bento_tag, image_tag)}", markup=False)
 
 
 @app.command()

@@ -29,6 +29,7 @@ class PathsConfig(_Frozen):
 
     data_dir: Path = Path("data")
     raw: Path = Path("data/reviews.csv")
+    feedback: Path = Path("data/feedback.csv")  # appended by `textclf data import --feedback`; train only
     artifacts: Path = Path("artifacts")
     prepared: Path = Path("artifacts/prepared")
     reports: Path = Path("artifacts/reports")
@@ -293,6 +294,16 @@ class GateRegistryConfig(_Frozen):
     lock_timeout_s: float = Field(default=120.0, gt=0.0)
 
 
+class InfraValidationConfig(_Frozen):
+    """Serve the candidate's built Bento for real before promotion (see textclf.serving.infra)."""
+
+    enabled: bool = True
+    golden_texts: int = Field(default=200, ge=1)  # test texts replayed (plus the behavioural cases)
+    concurrency: int = Field(default=8, ge=1)
+    min_agreement: float = Field(default=0.999, ge=0.0, le=1.0)  # served vs offline labels
+    start_timeout_s: float = Field(default=180.0, gt=0.0)
+
+
 class GateConfig(_Frozen):
     """Promotion criteria (TFX-style value bounds and change thresholds); see textclf.gate.decision."""
 
@@ -319,6 +330,7 @@ class GateConfig(_Frozen):
     latency_texts: int = Field(default=100, ge=1)
     latency_warmup: int = Field(default=5, ge=0)
     behaviour: GateBehaviourConfig = GateBehaviourConfig()
+    infra_validation: InfraValidationConfig = InfraValidationConfig()
     registry: GateRegistryConfig = GateRegistryConfig()
 
     @model_validator(mode="after")
@@ -326,6 +338,19 @@ class GateConfig(_Frozen):
         if self.significance_test == "bootstrap" and self.bootstrap_resamples < 100:
             raise ValueError("gate.significance_test=bootstrap needs gate.bootstrap_resamples >= 100")
         return self
+
+
+class ServeMonitoringConfig(_Frozen):
+    """What the service records (see textclf.serving.records): a sample of requests, and feedback."""
+
+    enabled: bool = True
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    hash_texts: bool = False  # store sha256 of each text instead of the text (lengths are kept)
+    # Relative to the serving process's working directory (the project root for `textclf serve`);
+    # the TEXTCLF_MONITORING_DIR environment variable wins (containers, other machines).
+    dir: Path = Path("monitoring")
+    queue_size: int = Field(default=10_000, ge=1)  # records waiting for the writer; more are dropped
+    rotate_mb: float = Field(default=64.0, gt=0.0)
 
 
 class ServeConfig(_Frozen):
@@ -351,6 +376,7 @@ class ServeConfig(_Frozen):
     # Per worker; workers x torch_threads should not exceed the cores.
     torch_threads: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=60.0, gt=0.0)
+    monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
 
 
 class TaskPolicy(_Frozen):
@@ -380,6 +406,22 @@ class FlowConfig(_Frozen):
         return self.tasks.get(task, self.default_task)
 
 
+class MonitorConfig(_Frozen):
+    """Drift thresholds of `textclf monitor` (see textclf.monitor); a measure above its threshold is drift."""
+
+    length_psi: float = Field(default=0.2, ge=0.0)
+    ngram_js: float = Field(default=0.1, ge=0.0, le=1.0)
+    unk_rate_increase: float = Field(default=0.02, ge=0.0, le=1.0)
+    predicted_class_js: float = Field(default=0.05, ge=0.0, le=1.0)
+    confidence_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    low_confidence_increase: float = Field(default=0.1, ge=0.0, le=1.0)
+    low_confidence: float = Field(default=0.6, gt=0.0, le=1.0)  # a prediction under this is "low confidence"
+    min_records: int = Field(default=50, ge=1)  # fewer records: no judgement
+    deployment: str = "monitor"
+    interval_minutes: float = Field(default=60.0, gt=0.0)
+    training_deployment: str = "training_pipeline/nightly"  # what drift triggers
+
+
 class Config(_Frozen):
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -392,6 +434,7 @@ class Config(_Frozen):
     gate: GateConfig = GateConfig()
     serve: ServeConfig = ServeConfig()
     flow: FlowConfig = FlowConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

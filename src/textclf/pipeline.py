@@ -177,20 +177,6 @@ def notify_failure(root: Path, message: str) -> None:
         block.notify(body=message, subject="textclf flow run failed")
 
 
-def training_progress(artifact_id: str) -> Any:
-    """A TrainerCallback that moves a Prefect progress artifact with the optimizer steps."""
-    from prefect.artifacts import update_progress_artifact
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            every = max(state.max_steps // 50, 1)
-            if state.is_world_process_zero and (state.global_step % every == 0 or state.global_step == state.max_steps):
-                update_progress_artifact(artifact_id, progress=100.0 * state.global_step / state.max_steps)
-
-    return Progress()
-
-
 def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
     """Where a person looks next: the MLflow run (its UI page when a server is configured, else the
     store) and the Data Docs of both validations."""
@@ -229,11 +215,14 @@ class RunResult:
     run_id: str | None = None
     gate: dict[str, Any] | None = None
     bento: str | None = None
+    reason: str | None = None  # why the run was started, when something else than the schedule did
 
 
 def report_markdown(result: RunResult, cfg: Config, root: Path) -> str:
     """The run's Prefect artifact: validation, model vs baseline, the gate's decision, the Bento."""
     lines = [f"# textclf run: {result.status}", "", result.message, ""]
+    if result.reason:
+        lines += [f"Triggered by {result.reason}.", ""]
     for target in ("raw", "prepared"):
         path = root / cfg.paths.reports / target / "summary.json"
         if path.is_file():

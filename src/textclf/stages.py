@@ -77,8 +77,6 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     run_id = (ckpt / RUN_ID_FILE).read_text().strip() if kept and (ckpt / RUN_ID_FILE).is_file() else None
     callbacks = [step_metrics()]
     if progress := os.environ.get(ENV_PROGRESS_ARTIFACT):  # under the flow: a progress bar in Prefect's UI
-        from textclf.pipeline import training_progress
-
         callbacks.append(training_progress(progress))
     with training_run(cfg, root, run_id, splits) as run_id:
         (ckpt / RUN_ID_FILE).write_text(run_id)
@@ -111,6 +109,20 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         run_id,
     )
     return record
+
+
+def training_progress(artifact_id: str) -> Any:
+    """A TrainerCallback that moves a Prefect progress artifact with the optimizer steps."""
+    from prefect.artifacts import update_progress_artifact
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            every = max(state.max_steps // 50, 1)
+            if state.is_world_process_zero and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                update_progress_artifact(artifact_id, progress=100.0 * state.global_step / state.max_steps)
+
+    return Progress()
 
 
 def run_evaluate(cfg: Config, root: Path) -> dict[str, Any]:

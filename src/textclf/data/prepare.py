@@ -145,8 +145,30 @@ def assert_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
             seen[text] = name
 
 
-def prepare(frame: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig) -> PreparedData:
-    """Raw table → three disjoint splits plus a manifest of counts (no I/O)."""
+def add_feedback(
+    splits: dict[str, pd.DataFrame], feedback: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig
+) -> dict[str, int]:
+    """Feedback rows (text, label) join the TRAIN split only: a feedback text equal to a val or test text
+    is excluded (evaluation never sees its own answers in training), one equal to a train text or to
+    another feedback text is a duplicate. The splits of the raw data do not move. Returns the counts."""
+    fb = drop_empty(normalize_texts(select_columns(feedback, data_cfg), cfg.normalize)).frame
+    if data_cfg.labels is not None and (unknown := sorted(set(fb["label"]) - set(data_cfg.labels))):
+        raise DataError(f"feedback labels not in data.labels {list(data_cfg.labels)}: {unknown[:5]}")
+    held_out = set(splits["val"]["text"]) | set(splits["test"]["text"])
+    in_eval = fb["text"].isin(held_out)
+    fb = resolve_conflicts(fb[~in_eval], cfg.conflict_policy).frame
+    new = dedupe(fb).frame
+    new = new[~new["text"].isin(set(splits["train"]["text"]))]
+    train = pd.concat([splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]])
+    splits["train"] = train.sort_values("id", kind="stable").reset_index(drop=True)
+    return {"rows": len(feedback), "added_to_train": len(new), "excluded_equal_to_val_or_test": int(in_eval.sum()),
+            "dropped_duplicate_or_conflict": len(feedback) - len(new) - int(in_eval.sum())}
+
+
+def prepare(
+    frame: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig, feedback: pd.DataFrame | None = None
+) -> PreparedData:
+    """Raw table (plus optional feedback) → three disjoint splits and a manifest of counts (no I/O)."""
     rows_in = len(frame)
     base = normalize_texts(select_columns(frame, data_cfg), cfg.normalize)
     if data_cfg.labels is not None:
@@ -157,6 +179,7 @@ def prepare(frame: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig) -> Pr
     conflicts = resolve_conflicts(empty.frame, cfg.conflict_policy)
     dedup = dedupe(conflicts.frame)
     splits = stratified_split(dedup.frame, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    fed = add_feedback(splits, feedback, data_cfg, cfg) if feedback is not None and len(feedback) else None
     assert_disjoint(splits)
     labels = list(data_cfg.labels) if data_cfg.labels is not None else sorted(dedup.frame["label"].unique())
     manifest: dict[str, Any] = {
@@ -175,6 +198,8 @@ def prepare(frame: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig) -> Pr
         },
         "params": cfg.model_dump(mode="json"),
     }
+    if fed is not None:
+        manifest["feedback"] = fed
     return PreparedData(splits=splits, manifest=manifest)
 
 
@@ -232,9 +257,10 @@ def split_digest(frame: pd.DataFrame) -> str:
 
 
 def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
-    """The DVC stage: read ``paths.raw``, write ``paths.prepared``."""
-    raw = Path(root) / cfg.paths.raw
-    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare)
+    """The DVC stage: read ``paths.raw`` (and ``paths.feedback`` when present), write ``paths.prepared``."""
+    raw, feedback = Path(root) / cfg.paths.raw, Path(root) / cfg.paths.feedback
+    extra = read_table(feedback, "csv") if feedback.is_file() else None
+    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare, extra)
     manifest = write_prepared(prepared, Path(root) / cfg.paths.prepared, cfg.paths.raw, raw)
     log.info(
         "prepared %d rows → %s (dropped: %s)",

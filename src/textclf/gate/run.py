@@ -48,6 +48,7 @@ class GateOutcome:
     message: str
     record: Path
     notes: tuple[str, ...] = ()
+    bento: str | None = None  # the candidate's Bento, built and served for infra validation
 
 
 def _candidate(
@@ -119,6 +120,9 @@ def run_gate(
     if champion == cand:
         decision = _already_champion(decision, cand)
     notes = tuple(dict.fromkeys(ch.notes + (cp.notes if cp else ())))
+    bento = None
+    if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
+        decision, bento = _infra_validation(cfg, root, c, cand, ch.run_id, test, decision)
     decided_at = R.now()
     promoted, error = False, None
     try:
@@ -135,7 +139,39 @@ def run_gate(
             _publish(c, model, cand, ch.run_id, decision, record, decided_at)
     if error is not None:
         raise error
-    return GateOutcome(decision, cand, promoted, message, record, notes)
+    return GateOutcome(decision, cand, promoted, message, record, notes, bento)
+
+
+def _infra_validation(
+    cfg: Config, root: Path, c: MlflowClient, cand: str, run_id: str | None, test: Any, decision: Decision
+) -> tuple[Decision, str]:
+    """Package the candidate's Bento, serve it and replay a golden set (see textclf.serving.infra); a
+    failure adds a failing ``infra_validation`` row, so the candidate is not promoted, and labels the Bento."""
+    from textclf.gate.behaviour import cases_for
+    from textclf.gate.evidence import download_model_dir
+    from textclf.model.predictor import Predictor
+    from textclf.serving.infra import infra_validate
+    from textclf.serving.package import label_bento
+    from textclf.serving.release import package
+
+    icfg = cfg.gate.infra_validation
+    bento = package(cfg, root, cand).bento_tag
+    texts = test["text"].tolist()[: icfg.golden_texts] + [t for case in cases_for(cfg.gate.behaviour) for t in case.texts]
+    with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
+        model_dir = download_model_dir(c, str(c.get_model_version(cfg.mlflow.registered_model, cand).source), Path(tmp))
+        offline = [p.label for p in Predictor(model_dir, device="cpu").predict(texts)]
+        result = infra_validate(
+            bento, texts, offline, {"registered_version": cand, "mlflow_run_id": run_id or ""},
+            min_agreement=icfg.min_agreement, max_p95_ms=cfg.gate.max_latency_p95_ms,
+            concurrency=icfg.concurrency, log_path=Path(tmp) / "serve.log", timeout_s=icfg.start_timeout_s,
+        )
+    log.info("infra validation of %s: %s (%.0f s)", bento, result.reason, result.seconds)
+    row = Criterion("infra_validation", result.agreement, icfg.min_agreement, result.passed, result.reason)
+    if result.passed:
+        return dataclasses.replace(decision, criteria=(*decision.criteria, row)), bento
+    label_bento(bento, {"textclf_status": "rejected", "textclf_rejected_because": result.reason[:500]})
+    reason = f"rejected: infra validation of {bento}: {result.reason}"
+    return dataclasses.replace(decision, promote=False, criteria=(*decision.criteria, row), reason=reason), bento
 
 
 def _message(

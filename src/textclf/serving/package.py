@@ -101,6 +101,16 @@ def build_bento(
     return str(bento.tag)
 
 
+def label_bento(bento_tag: str, labels: dict[str, str]) -> None:
+    """Add labels to a built Bento (BentoML has no call for it: they live in its bento.yaml)."""
+    import yaml
+
+    path = bento_path(bento_tag) / "bento.yaml"
+    info = yaml.safe_load(path.read_text(encoding="utf-8"))
+    info["labels"] = {**(info.get("labels") or {}), **labels}
+    path.write_text(yaml.safe_dump(info, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
 def bento_path(bento_tag: str) -> Path:
     """Folder of a bento in the store (``$BENTOML_HOME/bentos/<name>/<version>``)."""
     import bentoml

@@ -80,6 +80,16 @@ def texts_type(max_texts: int, max_chars: int, normalize_cfg: NormalizeConfig) -
     ]
 
 
+def text_type(max_chars: int, normalize_cfg: NormalizeConfig) -> Any:
+    """One text with the same checks as an item of ``texts`` (413 too long, 422 empty or NUL)."""
+    check = _text_checker(1, max_chars, normalize_cfg)
+    return Annotated[
+        str,
+        Field(description=f"One text of at most {max_chars} characters", examples=[EXAMPLE_TEXTS[0]]),
+        AfterValidator(lambda text: check([text])[0]),
+    ]
+
+
 class TextPrediction(BaseModel):
     """The answer for one text, in request order."""
 
@@ -87,6 +97,12 @@ class TextPrediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Probability per class (sums to 1)")
     truncated: bool = Field(description="True when the text was cut to the model's max_length tokens")
     model_version: str = Field(description="BentoML model tag (name:version) that answered")
+
+
+class FeedbackAck(BaseModel):
+    accepted: bool
+    label: str
+    model_version: str = Field(description="The model the feedback is about")
 
 
 class BatchingInfo(BaseModel):

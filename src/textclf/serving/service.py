@@ -11,24 +11,32 @@ The API is batchable with a list input: BentoML's dispatcher counts each text of
 combine without a second endpoint. Status codes: see :mod:`textclf.serving.schemas`.
 """
 
+import hashlib
 import logging
+import os
+import random
 from pathlib import Path
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable, UnprocessableEntity
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from textclf.serving.records import FEEDBACK, TRAFFIC, Recorder, now
 from textclf.serving.schemas import (
     BatchingInfo,
+    FeedbackAck,
     LimitsInfo,
     ServiceArgs,
     ServiceMetadata,
     TextPrediction,
+    text_type,
     texts_type,
 )
 
 with bentoml.importing():
     import torch
+    from prometheus_client import Counter
 
     from textclf.model.predictor import Predictor, Preprocessing
 
@@ -41,6 +49,8 @@ MODEL = bentoml.models.BentoModel(ARGS.model_tag)
 # before any request arrives: read it from the stored model directory, never from the project.
 _PREPROCESSING = Preprocessing.load(Path(bentoml.models.get(ARGS.model_tag).path))
 Texts = texts_type(SETTINGS.max_texts_per_request, SETTINGS.max_chars_per_text, _PREPROCESSING.normalize)
+FeedbackText = text_type(SETTINGS.max_chars_per_text, _PREPROCESSING.normalize)
+MONITORING = SETTINGS.monitoring
 
 # Mounted for GET routes (BentoML APIs are POST only); its own docs are off: BentoML's UI at "/"
 # (spec at /docs.json) lists these routes too.
@@ -69,6 +79,13 @@ class TextClassifier:
         self.tag = str(stored.tag)
         self.info = stored.info
         self.predictor = Predictor(Path(stored.path))
+        folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or MONITORING.dir).resolve()
+        rotate = int(MONITORING.rotate_mb * 2**20)
+        self.traffic = Recorder(folder, TRAFFIC, MONITORING.queue_size, rotate) if MONITORING.enabled else None
+        self.feedback_log = Recorder(folder, FEEDBACK, MONITORING.queue_size, rotate)
+        # Created per worker (the module is also imported by builds, where a second copy would clash).
+        self.recorded = Counter("textclf_monitoring_records", "Classified texts queued for the monitoring log")
+        self.dropped = Counter("textclf_monitoring_dropped", "Monitoring records dropped (queue full, write failed)")
         log.info(
             "loaded %s on %s (%d torch threads, max_batch_size=%d)",
             self.tag,
@@ -95,12 +112,41 @@ class TextClassifier:
         # `texts` is the concatenation of one or more requests' lists (adaptive batching).
         log.debug("batch of %d texts", len(texts))
         preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size)
+        if self.traffic is not None:
+            self._record(texts, preds)
         return [
             TextPrediction(
                 label=p.label, probabilities=p.probabilities, truncated=p.truncated, model_version=self.tag
             )
             for p in preds
         ]
+
+    def _record(self, texts: list[str], preds: list) -> None:
+        """A sample of what was asked and answered; never slows or fails the request."""
+        ts, before = now(), self.traffic.dropped
+        for text, pred in zip(texts, preds, strict=True):
+            if MONITORING.sample_rate < 1.0 and random.random() >= MONITORING.sample_rate:
+                continue
+            shown = {"sha256": hashlib.sha256(text.encode()).hexdigest()} if MONITORING.hash_texts else {"text": text}
+            item = {"ts": ts, "model": self.tag, "length": len(text), "label": pred.label,
+                    "confidence": max(pred.probabilities.values()), "truncated": pred.truncated, **shown}
+            if self.traffic.record(item):
+                self.recorded.inc()
+        self.dropped.inc(self.traffic.dropped - before)
+
+    @bentoml.api
+    def feedback(self, text: FeedbackText, label: str, model_version: str | None = None) -> FeedbackAck:
+        """Report the right label for a text (validated like a text of /classify).
+
+        422: ``label`` is not one of the model's classes. The record goes to the feedback store, from
+        which ``textclf data import --feedback`` makes the next version of the data.
+        """
+        if label not in self.predictor.labels:
+            raise UnprocessableEntity(f"label {label!r} is not one of {self.predictor.labels}")
+        item = {"ts": now(), "text": text, "label": label, "model_version": model_version or self.tag}
+        if not self.feedback_log.record(item):
+            raise ServiceUnavailable("the feedback store is busy; retry")
+        return FeedbackAck(accepted=True, label=label, model_version=item["model_version"])
 
     @info_app.get("/metadata", response_model=ServiceMetadata)
     def metadata(self) -> ServiceMetadata:

@@ -91,6 +91,8 @@ def training_run(
             )
             for split, frame in splits.items():
                 _log_dataset(frame, split, (cfg.paths.prepared / f"{split}.parquet").as_posix())
+            # the train split itself: monitoring compares traffic with it, wherever the champion came from
+            mlflow.log_artifact(str(root / cfg.paths.prepared / "train.parquet"), "prepared")
         yield run.info.run_id
 
 
