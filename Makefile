@@ -5,7 +5,7 @@ run: setup
 	.venv/bin/textclf run
 
 test: setup
-	.venv/bin/python -m pytest -m "not slow"
+	.venv/bin/python -m pytest -m "not slow and not browser and not image"
 
 setup:
 	bash scripts/setup.sh

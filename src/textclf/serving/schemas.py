@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from textclf.config import NormalizeConfig, ServeConfig
 from textclf.data.normalize import normalize
 
-EXAMPLE_TEXTS = ["房间很干净，服务也很周到", "等了一个小时还没上菜"]
+EXAMPLE_TEXTS = ["质量很好，非常满意", "太差了，再也不买"]
 
 
 class PayloadTooLarge(BentoMLException):
@@ -74,7 +74,12 @@ def texts_type(max_texts: int, max_chars: int, normalize_cfg: NormalizeConfig) -
                 "none empty after normalization. One text is a list of one."
             ),
             examples=[EXAMPLE_TEXTS],
-            json_schema_extra={"maxItems": max_texts, "items": {"type": "string", "maxLength": max_chars}},
+            # "example" (singular) is what Swagger UI puts in the "Try it out" body.
+            json_schema_extra={
+                "maxItems": max_texts,
+                "items": {"type": "string", "maxLength": max_chars},
+                "example": EXAMPLE_TEXTS,
+            },
         ),
         AfterValidator(_text_checker(max_texts, max_chars, normalize_cfg)),
     ]
