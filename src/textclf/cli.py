@@ -107,10 +107,25 @@ def prepare() -> None:
 @app.command()
 def train() -> None:
     """Fine-tune the transformer on the train split, select on val, log everything to one MLflow run.
-    Resumes from a checkpoint of the same data, params and code. Runs under torchrun for DDP."""
+    Resumes from a checkpoint of the same data, params and code. With train.processes > 1 it starts
+    itself under torchrun (DDP: gloo on CPU, nccl on GPU); rank 0 alone logs and writes."""
     from textclf import stages
 
-    stages.run_train(cfg(), root())
+    c = cfg()
+    if c.train.processes > 1 and "RANK" not in os.environ:
+        torchrun = Path(sys.executable).parent / "torchrun"
+        cmd = [
+            str(torchrun),
+            "--standalone",
+            f"--nproc_per_node={c.train.processes}",
+            "-m",
+            "textclf",
+            "--params",
+            _state["params"],
+            "train",
+        ]
+        os.execv(cmd[0], cmd)
+    stages.run_train(c, root())
 
 
 @app.command()
