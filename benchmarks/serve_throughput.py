@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.environ["TEXTCLF_MONITORING_DIR"] = str(Path(tempfile.mkdtemp(prefix="textclf-bench-monitoring-")))
     from textclf.serving.records import TRAFFIC, read_records
+
     print(f"model: {model_source}; texts: {text_source}; {args.texts_per_request} text(s)/request")
     serve = cfg.serve
     print(f"serve: workers={serve.workers} torch_threads={serve.torch_threads}, cores={os.cpu_count()}")
@@ -200,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     for i, clients in enumerate(args.concurrency):
         ratio = results["batched"][i]["texts_per_s"] / max(results["one-at-a-time"][i]["texts_per_s"], 1e-9)
         on, off = results["batched+monitoring"][i], results["batched"][i]
-        print(f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x; monitoring on/off: "
-              f"throughput {on['req_per_s'] / off['req_per_s']:.3f}x, p50 {on['p50_ms'] / off['p50_ms']:.3f}x, "
-              f"p95 {on['p95_ms'] / off['p95_ms']:.3f}x, 5xx+errors {on['errors']}")
+        print(
+            f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x; monitoring on/off: "
+            f"throughput {on['req_per_s'] / off['req_per_s']:.3f}x, p50 {on['p50_ms'] / off['p50_ms']:.3f}x, "
+            f"p95 {on['p95_ms'] / off['p95_ms']:.3f}x, 5xx+errors {on['errors']}"
+        )
     time.sleep(2)  # the writer thread is asynchronous
-    sent = (sum(r["requests"] for r in results["batched+monitoring"]) + warmed["batched+monitoring"]) * args.texts_per_request
+    sent = (
+        sum(r["requests"] for r in results["batched+monitoring"]) + warmed["batched+monitoring"]
+    ) * args.texts_per_request
     recorded = len(list(read_records(Path(os.environ["TEXTCLF_MONITORING_DIR"]), TRAFFIC)))
     print(f"monitoring: {recorded} records for {sent} texts answered with monitoring on")
     if args.out:

@@ -22,7 +22,7 @@ from textclf.monitor import monitor
 
 @flow(name="monitor", log_prints=True)
 def monitor_flow(project_dir: str | None = None, since_minutes: float | None = None) -> dict[str, Any]:
-    """Measure drift since ``since_minutes`` ago (default: all recorded traffic); trigger training on drift."""
+    """Measure drift since ``since_minutes`` ago (default: all recorded traffic); on drift, train."""
     root = Path(project_dir or Path.cwd()).resolve()
     configure_environment(root)
     cfg = load_config(root / "params.yaml")
@@ -33,9 +33,15 @@ def monitor_flow(project_dir: str | None = None, since_minutes: float | None = N
     if report.drifted:
         run = run_deployment(
             cfg.monitor.training_deployment,
-            parameters={"project_dir": str(root), "reason": f"drift: {report.summary}", "import_feedback": True},
+            parameters={
+                "project_dir": str(root),
+                "reason": f"drift: {report.summary}",
+                "import_feedback": True,
+            },
             timeout=0,  # start it; the training runs on its own
         )
         triggered = str(run.id)
-        get_run_logger().warning("%s; started %s (flow run %s)", report.summary, cfg.monitor.training_deployment, run.id)
+        get_run_logger().warning(
+            "%s; started %s (flow run %s)", report.summary, cfg.monitor.training_deployment, run.id
+        )
     return {"summary": report.summary, "drifted": report.drifted, "training_flow_run": triggered}

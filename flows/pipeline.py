@@ -55,11 +55,15 @@ def _task(fn: Any, name: str, cfg: Config) -> Any:
 
 def stage(root: Path, name: str, cfg: Config, force: bool) -> bool:
     with get_client(sync_client=True) as client:  # the stage process logs to this task run
-        env = {"PREFECT_API_URL": str(client.api_url), ENV_FLOW_RUN_ID: str(flow_run.id),
-               ENV_TASK_RUN_ID: str(task_run.id)}
+        env = {
+            "PREFECT_API_URL": str(client.api_url),
+            ENV_FLOW_RUN_ID: str(flow_run.id),
+            ENV_TASK_RUN_ID: str(task_run.id),
+        }
     if name == "train":
-        env[ENV_PROGRESS_ARTIFACT] = str(create_progress_artifact(0.0, key="training-progress",
-                                                                  description="optimizer steps done"))
+        env[ENV_PROGRESS_ARTIFACT] = str(
+            create_progress_artifact(0.0, key="training-progress", description="optimizer steps done")
+        )
     try:
         return P.reproduce(root, name, force=force, env=env)
     except P.NotRetriable as err:
@@ -69,7 +73,9 @@ def stage(root: Path, name: str, cfg: Config, force: bool) -> bool:
 def experiment(root: Path, overrides: list[str], cfg: Config) -> str:
     from textclf.tracking.store import tracking_uri
 
-    P.run_experiment(root, overrides, f"run-{str(flow_run.id)[:8]}", {"MLFLOW_TRACKING_URI": tracking_uri(cfg, root)})
+    P.run_experiment(
+        root, overrides, f"run-{str(flow_run.id)[:8]}", {"MLFLOW_TRACKING_URI": tracking_uri(cfg, root)}
+    )
     return P.run_of_flow_run(cfg, root, str(flow_run.id))
 
 
@@ -99,6 +105,21 @@ def notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes thes
     )
 
 
+def _publish(result: P.RunResult, cfg: Config, root: Path) -> None:
+    """The run's artifacts in Prefect: the report, links to the MLflow run and the Data Docs, metrics."""
+    create_markdown_artifact(
+        key="textclf-run-report", markdown=P.report_markdown(result, cfg, root), description="textclf run"
+    )
+    if result.run_id:
+        for key, link in P.run_links(cfg, root, result.run_id).items():
+            create_link_artifact(link, key=key, link_text=link, description=key.replace("-", " "))
+        create_table_artifact(
+            P.metrics_table(cfg, root, result.run_id),
+            key="test-metrics",
+            description="test accuracy and macro-F1: candidate, champion, baseline",
+        )
+
+
 @flow(name="training_pipeline", on_failure=[notify], on_crashed=[notify], log_prints=True)
 def training_pipeline(
     set_params: list[str] | None = None,
@@ -124,7 +145,9 @@ def training_pipeline(
     if import_feedback:
         from textclf.serving.records import import_feedback as merge
 
-        logger.info("%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True))
+        logger.info(
+            "%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True)
+        )
     result = P.RunResult("no change", "no change: DVC reports every stage up to date and the run was judged")
     result.reason = reason
     run = P.current_run(cfg, root)
@@ -144,16 +167,9 @@ def training_pipeline(
         if result.gate["promoted"] and result.bento is None:  # infra validation off: package after promotion
             result.bento = _task(package, "package", cfg)(cfg, root)
         result.status = "promoted" if result.gate["promoted"] else "rejected"
-        result.message = result.gate["message"] + (f"; bento {result.bento}" if result.bento else "; champion unchanged")
-    create_markdown_artifact(
-        key="textclf-run-report", markdown=P.report_markdown(result, cfg, root), description="textclf run"
-    )
-    if result.run_id:
-        for key, link in P.run_links(cfg, root, result.run_id).items():
-            create_link_artifact(link, key=key, link_text=link)
-        create_table_artifact(
-            P.metrics_table(cfg, root, result.run_id), key="test-metrics",
-            description="test accuracy and macro-F1: candidate, champion, baseline",
+        result.message = result.gate["message"] + (
+            f"; bento {result.bento}" if result.bento else "; champion unchanged"
         )
+    _publish(result, cfg, root)
     logger.info(result.message)
     return Completed(message=result.message, data=result)  # type: ignore[return-value]

@@ -148,7 +148,9 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(pipeline, pr
     lock = project / "dvc.lock"
 
     def trained() -> object:  # the workspace's training as dvc.lock records it
-        return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("train") if lock.exists() else None
+        return (
+            (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("train") if lock.exists() else None
+        )
 
     lock_before = trained()
     state = pipeline(project_dir=str(project), set_params=["train.seed=21"], return_state=True)
@@ -186,8 +188,17 @@ def _record_traffic(folder: Path, texts: list[str], project: Path) -> None:
 
     rec = Recorder(folder, TRAFFIC, queue_size=100_000, rotate_bytes=2**26)  # what the service writes
     for text, p in zip(texts, _champion_predictions(project, texts), strict=True):
-        rec.record({"ts": now(), "model": "textclf-model:x", "text": text, "length": len(text), "label": p.label,
-                    "confidence": max(p.probabilities.values()), "truncated": p.truncated})
+        rec.record(
+            {
+                "ts": now(),
+                "model": "textclf-model:x",
+                "text": text,
+                "length": len(text),
+                "label": p.label,
+                "confidence": max(p.probabilities.values()),
+                "truncated": p.truncated,
+            }
+        )
     rec.queue.join()
 
 
@@ -201,7 +212,9 @@ def peoples_daily(n: int) -> list[str]:
     return [t for t in texts if 10 <= len(t) <= 60][:n]
 
 
-def test_monitor_replayed_test_traffic_is_not_drift_news_is(project: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_monitor_replayed_test_traffic_is_not_drift_news_is(
+    project: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
     from textclf.config import load_config
     from textclf.data.prepare import read_split
     from textclf.monitor import monitor
@@ -209,7 +222,9 @@ def test_monitor_replayed_test_traffic_is_not_drift_news_is(project: Path, tmp_p
 
     cfg = load_config(project / "params.yaml")
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path / "replay"))
-    _record_traffic(tmp_path / "replay", read_split(project / cfg.paths.prepared, "test")["text"].tolist(), project)
+    _record_traffic(
+        tmp_path / "replay", read_split(project / cfg.paths.prepared, "test")["text"].tolist(), project
+    )
     replay = monitor(cfg, project)
     assert replay.n == 60 and replay.drifted == [], replay.markdown()
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path / "news"))
@@ -218,12 +233,17 @@ def test_monitor_replayed_test_traffic_is_not_drift_news_is(project: Path, tmp_p
     assert {"ngram_js", "unk_rate_increase"} <= set(news.drifted), news.markdown()
     assert "DRIFT" in (project / cfg.paths.reports / "monitoring" / "report.md").read_text()
     c = client(cfg, project)
-    runs = [r for r in c.search_runs([c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
-            if "textclf.monitoring.version" in r.data.tags]
+    runs = [
+        r
+        for r in c.search_runs([c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+        if "textclf.monitoring.version" in r.data.tags
+    ]
     assert len(runs) == 2 and "none" in {r.data.tags["textclf.monitoring.drift"] for r in runs}
 
 
-def test_feedback_round_trip_to_a_new_data_version_and_a_run(pipeline, project: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_feedback_round_trip_to_a_new_data_version_and_a_run(
+    pipeline, project: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
     from textclf.config import load_config
     from textclf.data.prepare import read_split
     from textclf.serving.records import FEEDBACK, Recorder, import_feedback, now
@@ -233,7 +253,10 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(pipeline, project: 
     test_text = read_split(project / cfg.paths.prepared, "test")["text"].iloc[0]
     rec = Recorder(tmp_path, FEEDBACK, queue_size=100, rotate_bytes=2**20)
     new = ["用户说：质量非常好，会回购", "用户说：用了一天就坏了", "用户说：客服很耐心，好评"]
-    for text, label in [*zip(new, ["positive", "negative", "positive"], strict=True), (test_text, "positive")]:
+    for text, label in [
+        *zip(new, ["positive", "negative", "positive"], strict=True),
+        (test_text, "positive"),
+    ]:
         rec.record({"ts": now(), "text": text, "label": label, "model_version": "textclf-model:x"})
     rec.queue.join()
     md5_before = (project / "data.dvc").read_text()
@@ -243,8 +266,12 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(pipeline, project: 
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     manifest = json.loads((project / cfg.paths.prepared / "manifest.json").read_text())
-    assert manifest["feedback"] == {"rows": 4, "added_to_train": 3, "excluded_equal_to_val_or_test": 1,
-                                    "dropped_duplicate_or_conflict": 0}
+    assert manifest["feedback"] == {
+        "rows": 4,
+        "added_to_train": 3,
+        "excluded_equal_to_val_or_test": 1,
+        "dropped_duplicate_or_conflict": 0,
+    }
     from textclf.data.normalize import normalize
 
     train = set(read_split(project / cfg.paths.prepared, "train")["text"])
@@ -370,33 +397,59 @@ def test_deployments_on_a_real_prefect_server(project: Path, repo_root: Path, tm
     api = f"http://127.0.0.1:{port}/api"
     monitoring = tmp_path / "monitoring"
     _record_traffic(monitoring, peoples_daily(200), project)  # another domain: drift
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
-               TEXTCLF_MONITORING_DIR=str(monitoring))
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_API_URL=api,
+        TEXTCLF_MONITORING_DIR=str(monitoring),
+    )
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
         [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=open(tmp_path / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     worker = None
     try:
         _wait_healthy(api, tmp_path / "server.log")
         worker = subprocess.Popen(
-            [sys.executable, str(repo_root / "flows" / "deploy.py"), "--project-dir", str(project), "--interval", "10"],
-            env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                str(repo_root / "flows" / "deploy.py"),
+                "--project-dir",
+                str(project),
+                "--interval",
+                "10",
+            ],
+            env=env,
+            stdout=open(tmp_path / "serve.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log = tmp_path / "serve.log"
-        runs = _wait_for(api, lambda r: r["deployment_id"] and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED"), log)
-        deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+        runs = _wait_for(
+            api, lambda r: r["deployment_id"] and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED"), log
+        )
+        deployments = {
+            d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        }
         assert set(deployments) == {"nightly", "monitor"}
         assert (deployments["nightly"].get("global_concurrency_limit") or {}).get("limit") == 1
 
         monitor_id = deployments["monitor"]["id"]
-        httpx.post(f"{api}/deployments/{monitor_id}/create_flow_run", json={"parameters": {"since_minutes": None}},
-                   timeout=10).raise_for_status()
+        httpx.post(
+            f"{api}/deployments/{monitor_id}/create_flow_run",
+            json={"parameters": {"since_minutes": None}},
+            timeout=10,
+        ).raise_for_status()
         _wait_for(api, lambda r: r["deployment_id"] == monitor_id and r["state_type"] == "COMPLETED", log)
         runs = _wait_for(api, lambda r: str(r["parameters"].get("reason", "")).startswith("drift:"), log)
         assert runs[0]["deployment_id"] == deployments["nightly"]["id"]
-        assert runs[0]["parameters"]["import_feedback"] is True and "ngram_js" in runs[0]["parameters"]["reason"]
+        assert (
+            runs[0]["parameters"]["import_feedback"] is True and "ngram_js" in runs[0]["parameters"]["reason"]
+        )
     finally:
         for proc in (worker, server):
             if proc is not None:

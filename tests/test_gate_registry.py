@@ -409,14 +409,30 @@ def test_infra_validation_serves_the_bento_before_promotion(project: dict) -> No
     ("damage", "expected"),
     [
         (lambda d: (d / "model.safetensors").write_bytes(b"corrupted"), "did not start serving"),
-        (lambda d: (d / "textclf_preprocessing.json").write_text(
-            json.dumps({"normalize": {"nfkc": True, "strip_invisible": True, "collapse_whitespace": True,
-                                      "lowercase": False}, "max_length": 3})), "agree with offline"),
+        (
+            lambda d: (d / "textclf_preprocessing.json").write_text(
+                json.dumps(
+                    {
+                        "normalize": {
+                            "nfkc": True,
+                            "strip_invisible": True,
+                            "collapse_whitespace": True,
+                            "lowercase": False,
+                        },
+                        "max_length": 3,
+                    }
+                )
+            ),
+            "agree with offline",
+        ),
     ],
     ids=["corrupted-model", "different-preprocessing"],
 )
 def test_infra_validation_failure_keeps_the_champion(
-    project: dict, monkeypatch: pytest.MonkeyPatch, damage, expected: str  # noqa: ANN001
+    project: dict,
+    monkeypatch: pytest.MonkeyPatch,
+    damage,
+    expected: str,  # noqa: ANN001
 ) -> None:
     import bentoml
 

@@ -24,8 +24,14 @@ LABELS = ["neg", "pos"]
 
 def _records(frame: pd.DataFrame, rng: np.random.Generator, confidence: float = 0.9) -> list[dict]:
     return [
-        {"ts": now(), "model": "textclf-model:x", "text": t, "length": len(t), "label": lab,
-         "confidence": float(np.clip(rng.normal(confidence, 0.05), 0.5, 1.0))}
+        {
+            "ts": now(),
+            "model": "textclf-model:x",
+            "text": t,
+            "length": len(t),
+            "label": lab,
+            "confidence": float(np.clip(rng.normal(confidence, 0.05), 0.5, 1.0)),
+        }
         for t, lab in zip(frame["text"], frame["label"], strict=True)
     ]
 
@@ -42,27 +48,51 @@ def material() -> dict:
 
 def test_replayed_in_distribution_traffic_is_not_drift(material: dict) -> None:
     replay = _records(make_frame(300, seed=3), material["rng"])
-    values, drifted = compare(replay, material["train"], material["reference"], material["tokenizer"], LABELS, Config())
+    values, drifted = compare(
+        replay, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
+    )
     assert drifted == [], values
-    assert values["length_psi"] < 0.1 and values["ngram_js"] < 0.05 and abs(values["unk_rate_increase"]) < 0.01
+    assert (
+        values["length_psi"] < 0.1 and values["ngram_js"] < 0.05 and abs(values["unk_rate_increase"]) < 0.01
+    )
 
 
 def test_shifted_traffic_is_drift(material: dict) -> None:
     rng = random.Random(0)
     news = [
-        "".join(rng.choice("国家主席会议经济发展改革开放人民政府工作报告全面推进") for _ in range(rng.randint(20, 60)))
+        "".join(
+            rng.choice("国家主席会议经济发展改革开放人民政府工作报告全面推进")
+            for _ in range(rng.randint(20, 60))
+        )
         for _ in range(300)
     ]
     shifted = pd.DataFrame({"text": news, "label": ["neg"] * 250 + ["pos"] * 50})
-    values, drifted = compare(_records(shifted, material["rng"], confidence=0.6), material["train"],
-                              material["reference"], material["tokenizer"], LABELS, Config())
-    assert {"length_psi", "ngram_js", "unk_rate_increase", "predicted_class_js", "confidence_drop"} <= set(drifted), values
+    values, drifted = compare(
+        _records(shifted, material["rng"], confidence=0.6),
+        material["train"],
+        material["reference"],
+        material["tokenizer"],
+        LABELS,
+        Config(),
+    )
+    assert {"length_psi", "ngram_js", "unk_rate_increase", "predicted_class_js", "confidence_drop"} <= set(
+        drifted
+    ), values
 
 
 def test_hashed_texts_measure_what_they_can(material: dict) -> None:
-    records = [{k: v for k, v in r.items() if k != "text"} for r in _records(make_frame(100, seed=4), material["rng"])]
-    values, _ = compare(records, material["train"], material["reference"], material["tokenizer"], LABELS, Config())
-    assert values["ngram_js"] is None and values["unk_rate_increase"] is None and values["length_psi"] is not None
+    records = [
+        {k: v for k, v in r.items() if k != "text"}
+        for r in _records(make_frame(100, seed=4), material["rng"])
+    ]
+    values, _ = compare(
+        records, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
+    )
+    assert (
+        values["ngram_js"] is None
+        and values["unk_rate_increase"] is None
+        and values["length_psi"] is not None
+    )
 
 
 def test_measures_are_zero_for_identical_distributions() -> None:

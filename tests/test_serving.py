@@ -355,7 +355,9 @@ def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) ->
     assert _count(monitoring_dir, TRAFFIC, before + 50) == before + 50  # sample_rate 1.0: every text
     last = list(read_records(monitoring_dir, TRAFFIC))[-1]
     assert {"ts", "model", "text", "length", "label", "confidence"} <= set(last) and last["text"] == "太差了"
-    recorded = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("textclf_monitoring_records_total"))
+    recorded = sum(
+        float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("textclf_monitoring_records_total")
+    )
     assert recorded >= 50 and "textclf_monitoring_dropped_total" in metrics
 
 

@@ -239,3 +239,25 @@ def test_lineage_report_names_missing_links(project: dict, tmp_path: Path) -> No
 def test_bad_refs_give_clear_errors(project: dict, ref: str, message: str) -> None:
     with pytest.raises(TextclfError, match=message):
         lineage_report(project["c"], ref)
+
+
+@pytest.mark.integration
+def test_train_processes_starts_ddp_under_torchrun(tmp_path: Path) -> None:
+    """train.processes: 2 makes the unchanged stage command (`textclf train`) train with DDP (gloo on
+    CPU); rank 0 alone logs: one MLflow run, world size 2."""
+    cfg, root = _project(tmp_path / "p", {"processes": 2, "epochs": 1})
+    (root / "params.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "textclf"), "train"],
+        cwd=root,
+        env={**env(), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timings = json.loads((root / cfg.paths.training / "timings.json").read_text())
+    assert timings["world_size"] == 2
+    c = client(cfg, root)
+    runs = c.search_runs([c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["world_size"] == 2

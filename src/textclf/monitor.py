@@ -57,9 +57,11 @@ def ngram_js(reference: Sequence[str], current: Sequence[str]) -> float:
     """JS divergence of character uni+bigram distributions (the train split's top n-grams + "other")."""
     ref, cur = _ngrams(reference), _ngrams(current)
     vocab = [g for g, _ in ref.most_common(_TOP_NGRAMS)]
+
     def dist(c: Counter[str]) -> np.ndarray:
         known = np.array([c[g] for g in vocab], dtype=float)
         return np.append(known, sum(c.values()) - known.sum()) + _EPS
+
     return float(jensenshannon(dist(ref), dist(cur), base=2) ** 2)
 
 
@@ -96,15 +98,36 @@ class DriftReport:
         )
 
     def markdown(self) -> str:
-        rows = [f"| {k} | {'' if v is None else f'{v:.4f}'} | {self.thresholds.get(k, '')} | "
-                f"{'DRIFT' if k in self.drifted else ('n/a' if v is None else 'ok')} |" for k, v in self.values.items()]
-        return "\n".join([f"# Monitoring report: {self.summary}", "",
-                          f"champion v{self.champion} (run `{self.run_id}`), records since {self.since or 'the start'}", "",
-                          "| measure | value | threshold | result |", "|---|---|---|---|", *rows]) + "\n"
+        rows = [
+            f"| {k} | {'' if v is None else f'{v:.4f}'} | {self.thresholds.get(k, '')} | "
+            f"{'DRIFT' if k in self.drifted else ('n/a' if v is None else 'ok')} |"
+            for k, v in self.values.items()
+        ]
+        return (
+            "\n".join(
+                [
+                    f"# Monitoring report: {self.summary}",
+                    "",
+                    f"champion v{self.champion} (run `{self.run_id}`), "
+                    f"records since {self.since or 'the start'}",
+                    "",
+                    "| measure | value | threshold | result |",
+                    "|---|---|---|---|",
+                    *rows,
+                ]
+            )
+            + "\n"
+        )
 
 
-def compare(records: list[dict[str, Any]], train: pd.DataFrame, reference: pd.DataFrame, tokenizer: Any,
-            labels: Sequence[str], cfg: Config) -> tuple[dict[str, float | None], list[str]]:
+def compare(
+    records: list[dict[str, Any]],
+    train: pd.DataFrame,
+    reference: pd.DataFrame,
+    tokenizer: Any,
+    labels: Sequence[str],
+    cfg: Config,
+) -> tuple[dict[str, float | None], list[str]]:
     """The measures and which of them pass their threshold (None: not measurable, e.g. hashed texts)."""
     m, low = cfg.monitor, cfg.monitor.low_confidence
     traffic = pd.DataFrame(records)
@@ -113,7 +136,9 @@ def compare(records: list[dict[str, Any]], train: pd.DataFrame, reference: pd.Da
     values: dict[str, float | None] = {
         "length_psi": psi(train["text"].str.len().to_numpy(), traffic["length"].to_numpy()),
         "ngram_js": ngram_js(train["text"].tolist(), texts) if texts else None,
-        "unk_rate_increase": unk_rate(tokenizer, texts) - unk_rate(tokenizer, train["text"].tolist()) if texts else None,
+        "unk_rate_increase": unk_rate(tokenizer, texts) - unk_rate(tokenizer, train["text"].tolist())
+        if texts
+        else None,
         "predicted_class_js": label_js(reference["predicted"].tolist(), traffic["label"].tolist(), labels),
         "confidence_drop": float(ref_conf.mean() - conf.mean()),
         "low_confidence_increase": float(np.mean(conf < low) - np.mean(ref_conf < low)),
@@ -122,7 +147,9 @@ def compare(records: list[dict[str, Any]], train: pd.DataFrame, reference: pd.Da
     return values, [k for k, v in values.items() if v is not None and v > limits[k]]
 
 
-def _champion_material(cfg: Config, root: Path, tmp: Path) -> tuple[str, str, pd.DataFrame, pd.DataFrame, Any, list[str]]:
+def _champion_material(
+    cfg: Config, root: Path, tmp: Path
+) -> tuple[str, str, pd.DataFrame, pd.DataFrame, Any, list[str]]:
     from textclf.gate import registry as R
     from textclf.gate.evidence import download_model_dir
     from textclf.model.predictor import Predictor
@@ -148,16 +175,31 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
     folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or root / cfg.serve.monitoring.dir)
     with tempfile.TemporaryDirectory(prefix="textclf-monitor-") as tmp:
         version, run_id, train, reference, tokenizer, labels = _champion_material(cfg, root, Path(tmp))
-        records = [r for r in read_records(folder, TRAFFIC, since) if r.get("model", "").startswith(cfg.serve.model_store_name)]
-        report = DriftReport(version, run_id, since, len(records), thresholds=cfg.monitor.model_dump(exclude={"low_confidence", "min_records"}))
+        records = [
+            r
+            for r in read_records(folder, TRAFFIC, since)
+            if r.get("model", "").startswith(cfg.serve.model_store_name)
+        ]
+        report = DriftReport(
+            version,
+            run_id,
+            since,
+            len(records),
+            thresholds=cfg.monitor.model_dump(exclude={"low_confidence", "min_records"}),
+        )
         if len(records) < cfg.monitor.min_records:
-            report.note = f"too little traffic to judge: {len(records)} records < monitor.min_records {cfg.monitor.min_records}"
+            report.note = (
+                f"too little traffic to judge: {len(records)} records < "
+                f"monitor.min_records {cfg.monitor.min_records}"
+            )
         else:
             report.values, report.drifted = compare(records, train, reference, tokenizer, labels, cfg)
     out = root / cfg.paths.reports / "monitoring"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.markdown(), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(asdict(report) | {"summary": report.summary}, indent=2), encoding="utf-8")
+    (out / "report.json").write_text(
+        json.dumps(asdict(report) | {"summary": report.summary}, indent=2), encoding="utf-8"
+    )
     _log_run(cfg, root, report, out)
     log.info("%s", report.summary)
     return report
@@ -171,8 +213,13 @@ def _log_run(cfg: Config, root: Path, report: DriftReport, out: Path) -> None:
 
     configure_mlflow(cfg, root)
     with mlflow.start_run(run_name=f"monitor v{report.champion}"):
-        mlflow.set_tags({"textclf.monitoring.version": report.champion, "textclf.monitoring.run": report.run_id,
-                         "textclf.monitoring.drift": ",".join(report.drifted) or "none",
-                         "mlflow.note.content": report.summary})
+        mlflow.set_tags(
+            {
+                "textclf.monitoring.version": report.champion,
+                "textclf.monitoring.run": report.run_id,
+                "textclf.monitoring.drift": ",".join(report.drifted) or "none",
+                "mlflow.note.content": report.summary,
+            }
+        )
         mlflow.log_metrics({"records": report.n, **{k: v for k, v in report.values.items() if v is not None}})
         mlflow.log_artifacts(str(out), "monitoring")

@@ -163,7 +163,7 @@ def run_of_flow_run(cfg: Config, root: Path, flow_run_id: str) -> str:
 
 
 def notify_failure(root: Path, message: str) -> None:
-    """Always logged; also sent through Prefect's webhook notification block when ``flow.webhook_url`` is set."""
+    """Always logged; also sent through Prefect's webhook notification block when flow.webhook_url is set."""
     import logging
 
     from textclf.config import load_config
@@ -184,8 +184,12 @@ def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
 
     uri = tracking_uri(cfg, root)
     experiment = client(cfg, root).get_run(run_id).info.experiment_id
-    mlflow_link = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith("http") else uri
-    docs = {t: (root / cfg.paths.reports / t / "data_docs" / "index.html").as_uri() for t in ("raw", "prepared")}
+    mlflow_link = (
+        f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith("http") else uri
+    )
+    docs = {
+        t: (root / cfg.paths.reports / t / "data_docs" / "index.html").as_uri() for t in ("raw", "prepared")
+    }
     return {"mlflow-run": mlflow_link, "data-docs-raw": docs["raw"], "data-docs-prepared": docs["prepared"]}
 
 
@@ -198,12 +202,20 @@ def metrics_table(cfg: Config, root: Path, run_id: str) -> list[dict[str, Any]]:
     rows = []
     champion = R.alias(c, cfg.mlflow.registered_model, R.CHAMPION)
     champion_run = c.get_model_version(cfg.mlflow.registered_model, champion).run_id if champion else None
-    for name, rid, prefix in (("candidate", run_id, "test_"), ("champion", champion_run, "test_"),
-                              ("baseline", run_id, "baseline_test_")):
+    for name, rid, prefix in (
+        ("candidate", run_id, "test_"),
+        ("champion", champion_run, "test_"),
+        ("baseline", run_id, "baseline_test_"),
+    ):
         if rid:
             m = c.get_run(rid).data.metrics
-            rows.append({"model": name, "run": rid[:12], **{k: round(m.get(prefix + k, float("nan")), 4)
-                                                           for k in ("accuracy", "macro_f1")}})
+            rows.append(
+                {
+                    "model": name,
+                    "run": rid[:12],
+                    **{k: round(m.get(prefix + k, float("nan")), 4) for k in ("accuracy", "macro_f1")},
+                }
+            )
     return rows
 
 

@@ -31,7 +31,8 @@ def _write_json(obj: Any, path: Path) -> None:
 
 
 def run_validate_raw(cfg: Config, root: Path) -> None:
-    """Great Expectations over ``paths.raw``; reports in ``<paths.reports>/raw``; raises on blocking failures."""
+    """Great Expectations over ``paths.raw``; reports in ``<paths.reports>/raw``; raises on blocking
+    failures."""
     from textclf.validation.suites import validate_raw
 
     frame = read_table(root / cfg.paths.raw, cfg.data.format)
@@ -119,7 +120,9 @@ def training_progress(artifact_id: str) -> Any:
     class Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             every = max(state.max_steps // 50, 1)
-            if state.is_world_process_zero and (state.global_step % every == 0 or state.global_step == state.max_steps):
+            if state.is_world_process_zero and (
+                state.global_step % every == 0 or state.global_step == state.max_steps
+            ):
                 update_progress_artifact(artifact_id, progress=100.0 * state.global_step / state.max_steps)
 
     return Progress()

@@ -159,10 +159,16 @@ def add_feedback(
     fb = resolve_conflicts(fb[~in_eval], cfg.conflict_policy).frame
     new = dedupe(fb).frame
     new = new[~new["text"].isin(set(splits["train"]["text"]))]
-    train = pd.concat([splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]])
+    train = pd.concat(
+        [splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]]
+    )
     splits["train"] = train.sort_values("id", kind="stable").reset_index(drop=True)
-    return {"rows": len(feedback), "added_to_train": len(new), "excluded_equal_to_val_or_test": int(in_eval.sum()),
-            "dropped_duplicate_or_conflict": len(feedback) - len(new) - int(in_eval.sum())}
+    return {
+        "rows": len(feedback),
+        "added_to_train": len(new),
+        "excluded_equal_to_val_or_test": int(in_eval.sum()),
+        "dropped_duplicate_or_conflict": len(feedback) - len(new) - int(in_eval.sum()),
+    }
 
 
 def prepare(

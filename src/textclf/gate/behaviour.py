@@ -77,7 +77,7 @@ def not_applicable(reason: str) -> BehaviourResult:
 
 
 def load_cases(path: Path | str) -> tuple[BehaviourCase, ...]:
-    """Read a YAML (or JSON) list of ``{name, kind, texts, expect?}`` records (``gate.behaviour.cases_file``)."""
+    """Read a YAML (or JSON) list of ``{name, kind, texts, expect?}`` records (gate.behaviour.cases_file)."""
     import yaml
 
     records = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -124,7 +124,8 @@ def run_behaviour_checks(
     cfg: GateBehaviourConfig | None = None,
 ) -> BehaviourResult:
     """Score every case text in one call and report the pass rate and each failure. ``cases`` default
-    to :func:`cases_for` ``cfg``. ``predict_proba(texts)`` returns an (n, len(labels)) array in ``labels`` order (a
+    to :func:`cases_for` ``cfg``. ``predict_proba(texts)`` returns an (n, len(labels)) array in ``labels``
+    order (a
     ``(proba, extra)`` tuple such as ``Predictor.predict_proba``'s is accepted too).
     """
     labels = list(labels)

@@ -334,7 +334,8 @@ def _behaviour(ch: Evidence, cfg: GateConfig) -> Criterion:
 _REASON_FIRST = ("non_regression", "not_significantly_worse", "significant_improvement")
 
 
-def _reason(promote: bool, criteria: Sequence[Criterion], cmp_: Comparison | None) -> str:
+def reason(promote: bool, criteria: Sequence[Criterion], cmp_: Comparison | None) -> str:
+    """The one-line reason: what decided a rejection, or the comparison and the tally of a promotion."""
     counted = [c for c in criteria if c.applicable]
     if promote:
         tally = f"{len(counted)}/{len(counted)} criteria passed"
@@ -379,7 +380,7 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
         promote=promote,
         challenger=challenger.version,
         champion=champion.version if champion else None,
-        reason=_reason(promote, criteria, comparison),
+        reason=reason(promote, criteria, comparison),
         criteria=tuple(criteria),
         comparison=comparison,
         note=FIRST_MODEL_NOTE if champion is None else "",

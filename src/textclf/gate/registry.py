@@ -189,7 +189,8 @@ def promote(
     if current != expected:
         raise PromotionConflict(
             f"champion of {model} changed from {_v(expected)} to {_v(current)} since the decision (another "
-            f"promotion won); v{version} was NOT promoted: run the gate again to compare it with the new champion"
+            f"promotion won); v{version} was NOT promoted: run the gate again to compare it with the new "
+            "champion"
         )
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
@@ -202,7 +203,8 @@ def promote(
 
 
 def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
-    """Swap ``champion`` and ``previous-champion`` (the caller holds the lock); a second rollback undoes it."""
+    """Swap ``champion`` and ``previous-champion`` (the caller holds the lock); a second rollback undoes
+    it."""
     current, previous = alias(c, model, CHAMPION), alias(c, model, PREVIOUS)
     if previous is None or previous == current:
         raise RegistryError(f"{model} has no {PREVIOUS} to roll back to (champion {_v(current)})")

@@ -25,6 +25,7 @@ from textclf.data.prepare import read_split, split_digest
 from textclf.errors import TextclfError
 from textclf.gate import registry as R
 from textclf.gate.decision import Criterion, Decision, decide
+from textclf.gate.decision import reason as reason_line
 from textclf.gate.evidence import score_version
 from textclf.tracking.store import client as make_client
 from textclf.tracking.store import tracking_uri
@@ -146,7 +147,8 @@ def _infra_validation(
     cfg: Config, root: Path, c: MlflowClient, cand: str, run_id: str | None, test: Any, decision: Decision
 ) -> tuple[Decision, str]:
     """Package the candidate's Bento, serve it and replay a golden set (see textclf.serving.infra); a
-    failure adds a failing ``infra_validation`` row, so the candidate is not promoted, and labels the Bento."""
+    failure adds a failing ``infra_validation`` row, so the candidate is not promoted, and labels the
+    Bento."""
     from textclf.gate.behaviour import cases_for
     from textclf.gate.evidence import download_model_dir
     from textclf.model.predictor import Predictor
@@ -156,22 +158,35 @@ def _infra_validation(
 
     icfg = cfg.gate.infra_validation
     bento = package(cfg, root, cand).bento_tag
-    texts = test["text"].tolist()[: icfg.golden_texts] + [t for case in cases_for(cfg.gate.behaviour) for t in case.texts]
+    texts = test["text"].tolist()[: icfg.golden_texts] + [
+        t for case in cases_for(cfg.gate.behaviour) for t in case.texts
+    ]
     with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
-        model_dir = download_model_dir(c, str(c.get_model_version(cfg.mlflow.registered_model, cand).source), Path(tmp))
+        model_dir = download_model_dir(
+            c, str(c.get_model_version(cfg.mlflow.registered_model, cand).source), Path(tmp)
+        )
         offline = [p.label for p in Predictor(model_dir, device="cpu").predict(texts)]
         result = infra_validate(
-            bento, texts, offline, {"registered_version": cand, "mlflow_run_id": run_id or ""},
-            min_agreement=icfg.min_agreement, max_p95_ms=cfg.gate.max_latency_p95_ms,
-            concurrency=icfg.concurrency, log_path=Path(tmp) / "serve.log", timeout_s=icfg.start_timeout_s,
+            bento,
+            texts,
+            offline,
+            {"registered_version": cand, "mlflow_run_id": run_id or ""},
+            min_agreement=icfg.min_agreement,
+            max_p95_ms=cfg.gate.max_latency_p95_ms,
+            concurrency=icfg.concurrency,
+            log_path=Path(tmp) / "serve.log",
+            timeout_s=icfg.start_timeout_s,
         )
     log.info("infra validation of %s: %s (%.0f s)", bento, result.reason, result.seconds)
     row = Criterion("infra_validation", result.agreement, icfg.min_agreement, result.passed, result.reason)
+    criteria = (*decision.criteria, row)
     if result.passed:
-        return dataclasses.replace(decision, criteria=(*decision.criteria, row)), bento
+        return dataclasses.replace(
+            decision, criteria=criteria, reason=reason_line(True, criteria, decision.comparison)
+        ), bento
     label_bento(bento, {"textclf_status": "rejected", "textclf_rejected_because": result.reason[:500]})
-    reason = f"rejected: infra validation of {bento}: {result.reason}"
-    return dataclasses.replace(decision, promote=False, criteria=(*decision.criteria, row), reason=reason), bento
+    why = f"rejected: infra validation of {bento}: {result.reason}"
+    return dataclasses.replace(decision, promote=False, criteria=criteria, reason=why), bento
 
 
 def _message(
@@ -189,7 +204,8 @@ def _message(
             f"v{cand} promoted to @champion (was {'v' + champion if champion else 'none'}): {decision.reason}"
         )
     if dry_run:
-        return f"dry run: v{cand} {'would be promoted' if decision.promote else 'would not be promoted'}: {decision.reason}"
+        would = "would be promoted" if decision.promote else "would not be promoted"
+        return f"dry run: v{cand} {would}: {decision.reason}"
     return f"v{cand} not promoted: {decision.reason}"
 
 
@@ -242,7 +258,8 @@ def _publish(
             c.log_artifact(run_id, str(path), RECORDS_DIR)
         c.set_tag(run_id, R.GATE_DECISION, decision.id)  # the flow's "already judged" marker
         experiment = c.get_run(run_id).info.experiment_id
-        link = f"[decision record](#/experiments/{experiment}/runs/{run_id}/artifacts/{RECORDS_DIR}/{record.name})"
+        path = f"#/experiments/{experiment}/runs/{run_id}/artifacts/{RECORDS_DIR}/{record.name}"
+        link = f"[decision record]({path})"
     tags = {
         R.GATE_DECISION: decision.id,
         R.GATE_RESULT: "pass" if decision.promote else "fail",

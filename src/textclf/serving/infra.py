@@ -33,7 +33,9 @@ class InfraResult:
     seconds: float = 0.0
 
 
-def replay(base: str, texts: Sequence[str], concurrency: int) -> tuple[list[int], list[str | None], list[float]]:
+def replay(
+    base: str, texts: Sequence[str], concurrency: int
+) -> tuple[list[int], list[str | None], list[float]]:
     """One request per text, ``concurrency`` at a time: status codes, labels (None unless 200), ms."""
 
     def one(text: str) -> tuple[int, str | None, float]:
@@ -66,14 +68,18 @@ def infra_validate(
             metadata = httpx.get(f"{base}/metadata", timeout=30).json()
             codes, labels, ms = replay(base, texts, concurrency)
     except ServeFailed as err:
-        return InfraResult(False, f"the Bento did not start serving: {str(err)[:300]}", seconds=time.perf_counter() - start)
+        return InfraResult(
+            False, f"the Bento did not start serving: {str(err)[:300]}", seconds=time.perf_counter() - start
+        )
     ok = sum(c == 200 for c in codes)
     agreement = float(np.mean([a == b for a, b in zip(labels, offline_labels, strict=True)]))
     p95 = float(np.percentile(ms, 95))
     served_lineage = metadata.get("lineage", {})
     problems = []
     if ok < len(texts):
-        problems.append(f"{len(texts) - ok} of {len(texts)} requests did not get 200 ({sorted(set(codes) - {200})})")
+        problems.append(
+            f"{len(texts) - ok} of {len(texts)} requests did not get 200 ({sorted(set(codes) - {200})})"
+        )
     if agreement < min_agreement:
         problems.append(f"served labels agree with offline predictions on {agreement:.4f} < {min_agreement}")
     if max_p95_ms is not None and p95 > max_p95_ms:
@@ -82,6 +88,7 @@ def infra_validate(
     if wrong:
         problems.append(f"/metadata lineage differs from the registry: {wrong}")
     reason = "; ".join(problems) or (
-        f"{ok}/{len(texts)} answered 200, agreement {agreement:.4f}, p95 {p95:.1f} ms over HTTP, lineage matches"
+        f"{ok}/{len(texts)} answered 200, agreement {agreement:.4f}, p95 {p95:.1f} ms over HTTP, "
+        "lineage matches"
     )
     return InfraResult(not problems, reason, len(texts), ok, agreement, p95, time.perf_counter() - start)

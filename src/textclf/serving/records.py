@@ -1,6 +1,7 @@
 """What the service records: a sample of requests with their predictions, and user feedback.
 
-Records are JSON lines in date-partitioned, size-rotated files: ``<dir>/<kind>/date=YYYY-MM-DD/part-<pid>-<n>.jsonl``.
+Records are JSON lines in date-partitioned, size-rotated files:
+``<dir>/<kind>/date=YYYY-MM-DD/part-<pid>-<n>.jsonl``.
 The service never waits on the disk: :meth:`Recorder.record` puts into a bounded queue and counts a
 drop when it is full; one background thread writes. Readers (``textclf monitor``, ``textclf data import
 --feedback``: :func:`import_feedback`) use :func:`read_records`.
@@ -100,9 +101,14 @@ def import_feedback(cfg: Config, root: Path, dvc: bool) -> int:
     last = old["received_at"].max() if old is not None and len(old) else None
     rows = [r for r in read_records(folder, FEEDBACK, last) if last is None or r["ts"] > last]
     if rows:
-        new = pd.DataFrame({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows],
-                            "model_version": [r.get("model_version", "") for r in rows],
-                            "received_at": [r["ts"] for r in rows]})
+        new = pd.DataFrame(
+            {
+                "text": [r["text"] for r in rows],
+                "label": [r["label"] for r in rows],
+                "model_version": [r.get("model_version", "") for r in rows],
+                "received_at": [r["ts"] for r in rows],
+            }
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         new.to_csv(path, mode="a", header=old is None, index=False, encoding="utf-8", lineterminator="\n")
         logging.getLogger(__name__).info("appended %d feedback rows to %s", len(rows), cfg.paths.feedback)

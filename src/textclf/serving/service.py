@@ -81,11 +81,17 @@ class TextClassifier:
         self.predictor = Predictor(Path(stored.path))
         folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or MONITORING.dir).resolve()
         rotate = int(MONITORING.rotate_mb * 2**20)
-        self.traffic = Recorder(folder, TRAFFIC, MONITORING.queue_size, rotate) if MONITORING.enabled else None
+        self.traffic = (
+            Recorder(folder, TRAFFIC, MONITORING.queue_size, rotate) if MONITORING.enabled else None
+        )
         self.feedback_log = Recorder(folder, FEEDBACK, MONITORING.queue_size, rotate)
         # Created per worker (the module is also imported by builds, where a second copy would clash).
-        self.recorded = Counter("textclf_monitoring_records", "Classified texts queued for the monitoring log")
-        self.dropped = Counter("textclf_monitoring_dropped", "Monitoring records dropped (queue full, write failed)")
+        self.recorded = Counter(
+            "textclf_monitoring_records", "Classified texts queued for the monitoring log"
+        )
+        self.dropped = Counter(
+            "textclf_monitoring_dropped", "Monitoring records dropped (queue full, write failed)"
+        )
         log.info(
             "loaded %s on %s (%d torch threads, max_batch_size=%d)",
             self.tag,
@@ -127,9 +133,20 @@ class TextClassifier:
         for text, pred in zip(texts, preds, strict=True):
             if MONITORING.sample_rate < 1.0 and random.random() >= MONITORING.sample_rate:
                 continue
-            shown = {"sha256": hashlib.sha256(text.encode()).hexdigest()} if MONITORING.hash_texts else {"text": text}
-            item = {"ts": ts, "model": self.tag, "length": len(text), "label": pred.label,
-                    "confidence": max(pred.probabilities.values()), "truncated": pred.truncated, **shown}
+            shown = (
+                {"sha256": hashlib.sha256(text.encode()).hexdigest()}
+                if MONITORING.hash_texts
+                else {"text": text}
+            )
+            item = {
+                "ts": ts,
+                "model": self.tag,
+                "length": len(text),
+                "label": pred.label,
+                "confidence": max(pred.probabilities.values()),
+                "truncated": pred.truncated,
+                **shown,
+            }
             if self.traffic.record(item):
                 self.recorded.inc()
         self.dropped.inc(self.traffic.dropped - before)
