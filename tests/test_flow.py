@@ -172,8 +172,8 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(pipeline, pr
 def _champion_predictions(project: Path, texts: list[str]) -> list:
     from textclf.config import load_config
     from textclf.gate import registry as R
-    from textclf.gate.evidence import download_model_dir
     from textclf.model.predictor import Predictor
+    from textclf.tracking.pyfunc import download_model_dir
     from textclf.tracking.store import client
 
     cfg = load_config(project / "params.yaml")

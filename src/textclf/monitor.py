@@ -151,8 +151,8 @@ def _champion_material(
     cfg: Config, root: Path, tmp: Path
 ) -> tuple[str, str, pd.DataFrame, pd.DataFrame, Any, list[str]]:
     from textclf.gate import registry as R
-    from textclf.gate.evidence import download_model_dir
     from textclf.model.predictor import Predictor
+    from textclf.tracking.pyfunc import download_model_dir
     from textclf.tracking.store import client
 
     c, model = client(cfg, root), cfg.mlflow.registered_model

@@ -17,45 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from textclf.config import Config
-from textclf.errors import DataError
 from textclf.evaluate import metrics as M
 from textclf.gate.behaviour import run_behaviour_checks
 from textclf.gate.decision import Evidence
-from textclf.tracking.pyfunc import MODEL_DIR_ARTIFACT
+from textclf.tracking.pyfunc import download_model_dir
 from textclf.tracking.run import BASELINE_MACRO_F1, TAG_DIGEST_PREFIX, TRAIN_IDS_ARTIFACT
 
 log = logging.getLogger(__name__)
-
-
-def download_model_dir(c: MlflowClient, source: str, dst: Path) -> Path:
-    """Download the logged pyfunc model at ``source`` (``models:/m-<id>``) and return its model directory."""
-    import mlflow.artifacts
-
-    root = source
-    if source.startswith("models:/m-"):
-        root = str(c.get_logged_model(source.removeprefix("models:/").strip("/")).artifact_location)
-
-    def fetch(rel: str) -> Path:  # only MLmodel and the model directory, not the bundled code
-        uri = f"{root.rstrip('/')}/{rel}"
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=str(dst), tracking_uri=c.tracking_uri
-            )
-        )
-
-    mlmodel = yaml.safe_load(fetch("MLmodel").read_text(encoding="utf-8"))
-    try:
-        rel = mlmodel["flavors"]["python_function"]["artifacts"][MODEL_DIR_ARTIFACT]["path"]
-    except (KeyError, TypeError):
-        raise DataError(
-            f"model {source} has no '{MODEL_DIR_ARTIFACT}' artifact: not a textclf model"
-        ) from None
-    return fetch(rel)
 
 
 def read_train_ids(c: MlflowClient, run_id: str, tmp: Path) -> frozenset[str] | None:

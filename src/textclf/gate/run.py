@@ -146,44 +146,23 @@ def run_gate(
 def _infra_validation(
     cfg: Config, root: Path, c: MlflowClient, cand: str, run_id: str | None, test: Any, decision: Decision
 ) -> tuple[Decision, str]:
-    """Package the candidate's Bento, serve it and replay a golden set (see textclf.serving.infra); a
-    failure adds a failing ``infra_validation`` row, so the candidate is not promoted, and labels the
-    Bento."""
-    from textclf.gate.behaviour import cases_for
-    from textclf.gate.evidence import download_model_dir
-    from textclf.model.predictor import Predictor
-    from textclf.serving.infra import infra_validate
+    """Build and serve the candidate's Bento (textclf.serving.infra); the result is one more row, and a
+    failure means no promotion and a Bento labelled rejected."""
+    from textclf.serving.infra import validate_candidate
     from textclf.serving.package import label_bento
-    from textclf.serving.release import package
 
-    icfg = cfg.gate.infra_validation
-    bento = package(cfg, root, cand).bento_tag
-    texts = test["text"].tolist()[: icfg.golden_texts] + [
-        t for case in cases_for(cfg.gate.behaviour) for t in case.texts
-    ]
-    with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
-        model_dir = download_model_dir(
-            c, str(c.get_model_version(cfg.mlflow.registered_model, cand).source), Path(tmp)
-        )
-        offline = [p.label for p in Predictor(model_dir, device="cpu").predict(texts)]
-        result = infra_validate(
-            bento,
-            texts,
-            offline,
-            {"registered_version": cand, "mlflow_run_id": run_id or ""},
-            min_agreement=icfg.min_agreement,
-            max_p95_ms=cfg.gate.max_latency_p95_ms,
-            concurrency=icfg.concurrency,
-            log_path=Path(tmp) / "serve.log",
-            timeout_s=icfg.start_timeout_s,
-        )
-    log.info("infra validation of %s: %s (%.0f s)", bento, result.reason, result.seconds)
-    row = Criterion("infra_validation", result.agreement, icfg.min_agreement, result.passed, result.reason)
+    result, bento = validate_candidate(cfg, root, c, cand, run_id, test["text"].tolist())
+    row = Criterion(
+        "infra_validation",
+        result.agreement,
+        cfg.gate.infra_validation.min_agreement,
+        result.passed,
+        result.reason,
+    )
     criteria = (*decision.criteria, row)
     if result.passed:
-        return dataclasses.replace(
-            decision, criteria=criteria, reason=reason_line(True, criteria, decision.comparison)
-        ), bento
+        why = reason_line(True, criteria, decision.comparison)
+        return dataclasses.replace(decision, criteria=criteria, reason=why), bento
     label_bento(bento, {"textclf_status": "rejected", "textclf_rejected_because": result.reason[:500]})
     why = f"rejected: infra validation of {bento}: {result.reason}"
     return dataclasses.replace(decision, promote=False, criteria=criteria, reason=why), bento

@@ -10,16 +10,22 @@ and run the Bento was built from.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
+from textclf.config import Config
 from textclf.serving.package import ServeFailed, served
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,16 @@ def infra_validate(
         with served(bento_tag, log_path, timeout_s) as base:
             metadata = httpx.get(f"{base}/metadata", timeout=30).json()
             codes, labels, ms = replay(base, texts, concurrency)
+            # Latency as one client sees it (the gate's budget is per single text): a sequential pass;
+            # under concurrency on a small machine p95 is mostly queueing, reported beside it.
+            _, _, single_ms = replay(base, texts[:100], 1)
     except ServeFailed as err:
         return InfraResult(
             False, f"the Bento did not start serving: {str(err)[:300]}", seconds=time.perf_counter() - start
         )
     ok = sum(c == 200 for c in codes)
     agreement = float(np.mean([a == b for a, b in zip(labels, offline_labels, strict=True)]))
-    p95 = float(np.percentile(ms, 95))
+    p95, p95_loaded = float(np.percentile(single_ms, 95)), float(np.percentile(ms, 95))
     served_lineage = metadata.get("lineage", {})
     problems = []
     if ok < len(texts):
@@ -83,12 +92,48 @@ def infra_validate(
     if agreement < min_agreement:
         problems.append(f"served labels agree with offline predictions on {agreement:.4f} < {min_agreement}")
     if max_p95_ms is not None and p95 > max_p95_ms:
-        problems.append(f"p95 latency over HTTP {p95:.1f} ms > {max_p95_ms} ms")
+        problems.append(f"p95 latency over HTTP {p95:.1f} ms > {max_p95_ms} ms (one client at a time)")
     wrong = {k: (served_lineage.get(k), v) for k, v in lineage.items() if served_lineage.get(k) != v}
     if wrong:
         problems.append(f"/metadata lineage differs from the registry: {wrong}")
     reason = "; ".join(problems) or (
-        f"{ok}/{len(texts)} answered 200, agreement {agreement:.4f}, p95 {p95:.1f} ms over HTTP, "
-        "lineage matches"
+        f"{ok}/{len(texts)} answered 200, agreement {agreement:.4f}, p95 {p95:.1f} ms over HTTP "
+        f"({p95_loaded:.0f} ms with {concurrency} concurrent clients), lineage matches"
     )
     return InfraResult(not problems, reason, len(texts), ok, agreement, p95, time.perf_counter() - start)
+
+
+def validate_candidate(
+    cfg: Config, root: Path, c: Any, version: str, run_id: str | None, test_texts: Sequence[str]
+) -> tuple[InfraResult, str]:
+    """Package registry ``version``'s Bento and validate it against the same model's offline predictions
+    on the golden set: ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
+    from textclf.gate.behaviour import cases_for
+    from textclf.model.predictor import Predictor
+    from textclf.serving.release import package
+    from textclf.tracking.pyfunc import download_model_dir
+
+    icfg = cfg.gate.infra_validation
+    bento = package(cfg, root, version).bento_tag
+    texts = [
+        *test_texts[: icfg.golden_texts],
+        *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),
+    ]
+    with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
+        source = str(c.get_model_version(cfg.mlflow.registered_model, version).source)
+        offline = [
+            p.label for p in Predictor(download_model_dir(c, source, Path(tmp)), device="cpu").predict(texts)
+        ]
+        result = infra_validate(
+            bento,
+            texts,
+            offline,
+            {"registered_version": version, "mlflow_run_id": run_id or ""},
+            min_agreement=icfg.min_agreement,
+            max_p95_ms=cfg.gate.max_latency_p95_ms,
+            concurrency=icfg.concurrency,
+            log_path=Path(tmp) / "serve.log",
+            timeout_s=icfg.start_timeout_s,
+        )
+    log.info("infra validation of %s: %s (%.0f s)", bento, result.reason, result.seconds)
+    return result, bento

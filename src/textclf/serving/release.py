@@ -59,9 +59,9 @@ def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
 
 def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
     """Import the referenced registry version into BentoML and build the Bento (offline)."""
-    from textclf.gate.evidence import download_model_dir
     from textclf.gate.registry import BENTO_TAG
     from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
+    from textclf.tracking.pyfunc import download_model_dir
     from textclf.tracking.store import client
 
     c, model = client(cfg, root), cfg.mlflow.registered_model

@@ -18,6 +18,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+from textclf.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +151,29 @@ def log_pyfunc_model(
             code_paths=[str(textclf_code_path())],
             params=model_params,
         )
+
+
+def download_model_dir(c: MlflowClient, source: str, dst: Path) -> Path:
+    """Download the logged pyfunc model at ``source`` (``models:/m-<id>``) and return its model directory."""
+    import mlflow.artifacts
+
+    root = source
+    if source.startswith("models:/m-"):
+        root = str(c.get_logged_model(source.removeprefix("models:/").strip("/")).artifact_location)
+
+    def fetch(rel: str) -> Path:  # only MLmodel and the model directory, not the bundled code
+        uri = f"{root.rstrip('/')}/{rel}"
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(dst), tracking_uri=c.tracking_uri
+            )
+        )
+
+    mlmodel = yaml.safe_load(fetch("MLmodel").read_text(encoding="utf-8"))
+    try:
+        rel = mlmodel["flavors"]["python_function"]["artifacts"][MODEL_DIR_ARTIFACT]["path"]
+    except (KeyError, TypeError):
+        raise DataError(
+            f"model {source} has no '{MODEL_DIR_ARTIFACT}' artifact: not a textclf model"
+        ) from None
+    return fetch(rel)

@@ -199,6 +199,7 @@ def _trainer(
     """Tokenizer (from the train texts), model (after optional MLM pretraining, skipped when resuming),
     datasets and callbacks, assembled into the Trainer."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from textclf.model.build import build_classifier, build_tokenizer
     from textclf.train.mlm import pretrain_mlm
@@ -228,7 +229,7 @@ def _trainer(
     extra: list[Any] = [_StepCheckpoints(cfg.train.checkpoint_steps)]
     if cfg.train.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return CountingTrainer(
+    trainer = CountingTrainer(
         model=build_classifier(cfg.model, tokenizer, labels, init_from=init_from),
         args=args,
         train_dataset=encode(
@@ -240,6 +241,8 @@ def _trainer(
         compute_metrics=compute_metrics,
         callbacks=[*extra, *callbacks],
     )
+    trainer.remove_callback(PrinterCallback)  # log dicts printed raw; the callers' callbacks log them
+    return trainer
 
 
 def train_model(
