@@ -6,14 +6,23 @@ serves ``training_pipeline`` as deployment ``flow.deployment`` with the cron sch
 params.yaml and a concurrency limit of 1 (runs never overlap), and ``monitor`` as ``monitor.deployment``
 every ``monitor.interval_minutes`` (drift starts the training deployment). The process stays up and runs
 each scheduled flow run. ``--interval N`` replaces the training's cron schedule (smoke tests).
+
+    python flows/deploy.py --pool textclf [--source GIT_URL]
+
+deploys the training to a work pool instead and returns: a worker clones ``--source`` (default: this
+checkout's ``origin``) for every run, so it needs no checkout of its own. It also creates the automation
+that puts a run whose heartbeats stopped (its worker died) back in the queue: another worker, or the
+same one restarted, runs it again.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+from datetime import timedelta
 from pathlib import Path
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 
@@ -29,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--project-dir", default=str(HERE.parent), help="project the scheduled runs work on")
     parser.add_argument("--interval", type=float, help="seconds between runs instead of the cron schedule")
+    parser.add_argument("--pool", help="deploy the training to this work pool instead of serving here")
+    parser.add_argument("--source", help="git URL workers clone (default: the checkout's origin)")
+    parser.add_argument(
+        "--lost-after", type=int, default=90, help="seconds without a heartbeat before a run is retried"
+    )
     args = parser.parse_args(argv)
     project = Path(args.project_dir).resolve()
     configure_environment(project)
@@ -38,16 +52,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.interval
         else Cron(cfg.flow.cron, timezone=cfg.flow.timezone)
     )
+    training_kw = dict(
+        name=cfg.flow.deployment,
+        schedules=[schedule],
+        concurrency_limit=1,  # a run waits while another is running
+        description="textclf: validate → prepare → train → evaluate → gate → package",
+    )
+    if args.pool:
+        origin = ["git", "-C", str(project), "remote", "get-url", "origin"]
+        source = args.source or subprocess.check_output(origin, text=True).strip()
+        flow = Flow.from_source(source, entrypoint="flows/pipeline.py:training_pipeline")
+        flow.deploy(work_pool_name=args.pool, build=False, push=False, **training_kw)  # type: ignore[attr-defined]
+        reschedule_lost_runs(args.lost_after)
+        return
     training = load_flow_from_entrypoint(f"{HERE / 'pipeline.py'}:training_pipeline")
     monitoring = load_flow_from_entrypoint(f"{HERE / 'monitor.py'}:monitor_flow")
     serve(
-        training.to_deployment(
-            name=cfg.flow.deployment,
-            schedules=[schedule],
-            concurrency_limit=1,  # a run waits while another is running
-            parameters={"project_dir": str(project)},
-            description="textclf: validate → prepare → train → evaluate → gate → package",
-        ),
+        training.to_deployment(parameters={"project_dir": str(project)}, **training_kw),
         monitoring.to_deployment(
             name=cfg.monitor.deployment,
             interval=cfg.monitor.interval_minutes * 60,
@@ -55,6 +76,45 @@ def main(argv: list[str] | None = None) -> None:
             description="textclf: recorded traffic vs the champion's training data; drift starts training",
         ),
     )
+
+
+def reschedule_lost_runs(silence_s: int = 90) -> None:
+    """Prefect's zombie-run automation, answering with a retry: a flow run that sent no heartbeat
+    (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, set on workers) for ``silence_s`` goes back to Scheduled
+    (AwaitingRetry, which frees its concurrency slot) and a worker picks it up again."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    name = "textclf: retry flow runs whose worker died"
+    try:
+        Automation.read(name=name)
+        return
+    except ValueError:
+        pass
+    Automation(
+        name=name,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat"}
+            | {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silence_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message=f"no heartbeat for {silence_s} s: its worker died; rescheduled",
+                force=True,
+            )
+        ],
+    ).create()
 
 
 if __name__ == "__main__":

@@ -150,6 +150,9 @@ def training_pipeline(
         )
     result = P.RunResult("no change", "no change: DVC reports every stage up to date and the run was judged")
     result.reason = reason
+    remote = P.remote(root)
+    if remote:  # a worker's fresh clone: the data and the outputs someone already pushed
+        logger.info("dvc pull from %s: %d files", remote, _task(P.pull, "dvc pull", cfg)(root))
     run = P.current_run(cfg, root)
     if set_params:
         _task(P.produce, "prepare current split", cfg)(root, cfg.paths.prepared)
@@ -160,6 +163,8 @@ def training_pipeline(
         result.stages = {
             name: _task(stage, name, cfg)(root, name, cfg, force) for name in P.stage_names(root)
         }
+        if remote:
+            logger.info("dvc push: %d files", _task(P.push, "dvc push", cfg)(root))
         result.run_id = P.current_run(cfg, root)["run_id"]  # type: ignore[index]
     if set_params or result.stages:
         result.gate = _task(gate, "gate", cfg)(cfg, root, result.run_id)

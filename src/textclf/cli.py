@@ -36,7 +36,13 @@ registry_app = typer.Typer(
 )
 data_app = typer.Typer(help="Raw data commands.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
+stack_app = typer.Typer(
+    help="The multi-machine stack as local processes (PostgreSQL, S3, MLflow and Prefect servers, a "
+    "worker); see docs/scale-out.md.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
+app.add_typer(stack_app, name="stack")
 err = Console(stderr=True, soft_wrap=True)
 # Not a terminal (CI logs, pipes): wide enough that tables do not wrap.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -223,6 +229,38 @@ def registry_history() -> None:
 
     c = cfg()
     _table(history(client(c, root()), c.mlflow.registered_model), f"{c.mlflow.registered_model} history")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start every stack service that is not running (state in .stack/) and print the variables a
+    client exports; `source .stack/env` does the same."""
+    from textclf.stack import Stack
+
+    stack = Stack(root())
+    stack.up()
+    out.print(stack.describe(), markup=False)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Which stack services run, their URLs and the client variables."""
+    from textclf.stack import Stack
+
+    out.print(Stack(root()).describe(), markup=False)
+
+
+@stack_app.command("down")
+def stack_down(
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the data (.stack/) too.")] = False,
+) -> None:
+    """Stop every stack service by process group. Data stays in .stack/ unless --purge (moto keeps
+    S3 in memory: its objects go with it)."""
+    from textclf.stack import Stack
+
+    stack = Stack(root())
+    stack.down(purge)
+    out.print(stack.describe(), markup=False)
 
 
 @app.command()

@@ -49,6 +49,25 @@ def changed(root: Path) -> list[str]:
         return sorted(repo.status())
 
 
+def remote(root: Path) -> str | None:
+    """The project's default DVC remote (``dvc remote add -d``), if it has one."""
+    with _repo(root) as repo:
+        return repo.config["core"].get("remote")
+
+
+def pull(root: Path) -> int:
+    """``dvc pull --allow-missing``: the data and whatever stage outputs the remote holds (a worker's
+    fresh clone then reproduces only what nobody pushed). Returns the number of files fetched."""
+    with _repo(root) as repo:
+        return int(repo.pull(allow_missing=True).get("fetched", 0))
+
+
+def push(root: Path) -> int:
+    """``dvc push``: the data and every stage output to the default remote; returns files pushed."""
+    with _repo(root) as repo:
+        return int(repo.push())
+
+
 def _stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # Stage commands are `textclf ...`: this environment's bin first on PATH.
     return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(extra or {})}

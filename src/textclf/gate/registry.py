@@ -160,7 +160,9 @@ def register(c: MlflowClient, model: str, run_id: str, source: str) -> str:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     use_store(c.tracking_uri)  # MLflow 3 resolves a models:/m-<id> source through the global URI
-    version = str(c.create_model_version(model, source, run_id=run_id).version)
+    # a tracking server needs the logged model's id beside its models:/m-<id> source
+    model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    version = str(c.create_model_version(model, source, run_id=run_id, model_id=model_id).version)
     c.set_registered_model_alias(model, CHALLENGER, version)
     log.info("registered %s v%s from run %s as @%s", model, version, run_id, CHALLENGER)
     return version

@@ -1,0 +1,374 @@
+"""The multi-machine path end to end on the local stack (`textclf stack up`): real PostgreSQL, moto's
+S3 server over HTTP, `mlflow server`, `prefect server` and a process worker.
+
+A bare git repo plays "origin". Clone A pushes the code there and its data to the DVC remote (S3). The
+training deployment runs on the worker, which clones origin into its own empty directory, pulls the
+data, and trains; the worker is killed mid-training and restarted, and the run still finishes. Then
+the stores are checked directly (MLflow's API, boto3, psql), a fresh clone C with no caches packages
+and serves the champion, and two gates in two clones race for one promotion. Step times are printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from projects import TINY, env, make_project, run, toy_corpus
+
+BIN = Path(sys.executable).parent
+TIMES: dict[str, float] = {}
+
+
+class _Timer:
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def __enter__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        TIMES[self.step] = round(time.monotonic() - self.t0, 1)
+        print(f"stack test: {self.step}: {TIMES[self.step]} s", flush=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from textclf.stack import Stack
+
+    s = Stack(tmp_path_factory.mktemp("stack-home"))
+    try:
+        with _Timer("stack up"):
+            s.up()
+        pss = {  # proportional set size: shared pages (PostgreSQL's buffers) counted once
+            name: sum(
+                p.memory_full_info().pss for p in [psutil.Process(pid), *psutil.Process(pid).children(True)]
+            )
+            for name, pid in s.pids.items()
+        }
+        print("stack test: memory (PSS, MB):", {k: v >> 20 for k, v in pss.items()})
+        yield s
+    finally:
+        s.down(purge=True)
+
+
+def _env(stack: object, **extra: str) -> dict[str, str]:
+    return {**env(), **stack.client_env(), "PREFECT_HOME": str(Path(stack.dir) / "client"), **extra}  # type: ignore[attr-defined]
+
+
+def _cli(stack: object, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, env=_env(stack), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def _kill_tree(pid: int) -> int:
+    """SIGKILL a process and everything under it: the machine a worker ran on dies."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=10)
+    return len(procs)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_compose_matches_the_stack_command(repo_root: Path) -> None:
+    """compose.yaml runs the same services, and its containers read the same variables, as `textclf
+    stack` (moto stands in for minio locally; the servers' settings are the variables their CLIs read)."""
+    import yaml
+
+    from textclf.stack import SERVICES, Stack
+
+    compose = yaml.safe_load((repo_root / "compose.yaml").read_text())["services"]
+    local = {"s3": "minio"}
+    assert {local.get(s, s) for s in SERVICES} <= set(compose)
+    stack = Stack(repo_root / ".tmp" / "never-started")
+    names = set(stack.client_env()) | set(stack.server_env())
+    in_compose = {k for svc in compose.values() for k in (svc.get("environment") or {})}
+    assert names <= in_compose, names - in_compose
+    worker = compose["prefect-worker"]["environment"]
+    assert set(stack.client_env()) <= set(worker), "the worker is a client of every other service"
+    assert "--pool textclf" in compose["prefect-worker"]["command"]
+
+
+@pytest.mark.stack
+@pytest.mark.integration
+def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from textclf.stack import PG_BIN
+
+    s, senv = stack, stack.client_env()
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+
+    # 1. clone A: code to origin, data to the DVC remote
+    with _Timer("clone A: git push + dvc push"):
+        a = make_project(tmp_path / "a", repo_root, toy_corpus(), TINY)
+        run(["git", "branch", "-M", "main"], a)
+        run([str(BIN / "dvc"), "remote", "add", "-d", "stack", "s3://textclf-dvc/store"], a)
+        run(["git", "commit", "-qam", "DVC remote on the team's S3"], a)
+        run(["git", "remote", "add", "origin", str(origin)], a)
+        run(["git", "push", "-q", "origin", "main"], a)
+        _cli(s, a, str(BIN / "dvc"), "push", "-q")
+
+    # 2. the deployment runs on the worker, which is killed mid-training and restarted
+    with _Timer("deploy to the work pool"):
+        _cli(s, a, str(BIN / "python"), "flows/deploy.py", "--pool", "textclf", "--lost-after", "60")
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        _Timer("flow run on the worker, killed in training, restarted, finished"),
+        temporary_settings({PREFECT_API_URL: senv["PREFECT_API_URL"]}),
+    ):
+        fr = run_deployment("training_pipeline/nightly", timeout=0)
+        with get_client(sync_client=True) as client:
+            _wait(
+                lambda: _task_state(client, fr.id, "train") == "RUNNING", 600, "train to start on the worker"
+            )
+            killed = _kill_tree(s.pids["prefect-worker"])
+            s.up()  # restarts the worker (and only the worker)
+            final = _wait(lambda: _final_state(client, fr.id), 900, "the flow run to finish")
+            history = [st.name for st in client.read_flow_run_states(fr.id)]
+            logs = "" if final == "COMPLETED" else _logs(client, fr.id)
+        assert final == "COMPLETED", f"{history}\n{logs}"
+        assert "AwaitingRetry" in history, history  # the automation put the lost run back in the queue
+        print(f"stack test: killed {killed} processes; states {history}")
+
+    # 3. what the servers hold
+    c = MlflowClient(senv["MLFLOW_TRACKING_URI"])
+    champion = c.get_model_version_by_alias("textclf-sentiment", "champion")
+    run_ = c.get_run(champion.run_id)
+    tags = run_.data.tags
+    assert tags["textclf.prefect_flow_run_id"] == str(fr.id)
+    assert tags["textclf.git_commit"] == run(["git", "rev-parse", "HEAD"], a).stdout.strip()
+    assert run_.inputs.dataset_inputs, "the run logs its dataset inputs"
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=senv["AWS_ENDPOINT_URL"],
+        aws_access_key_id=senv["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=senv["AWS_SECRET_ACCESS_KEY"],
+    )
+
+    def keys(bucket: str) -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    mlflow_keys = keys("textclf-mlflow")
+    assert any(k.endswith("model.safetensors") for k in mlflow_keys), mlflow_keys[:20]
+    pg = subprocess.run(
+        [
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(s.ports["postgres"]),
+            "-U",
+            "textclf",
+            "-d",
+            "mlflow",
+            "-tAc",
+            "select version from registered_model_aliases where alias='champion'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert pg.stdout.strip() == str(champion.version)
+    dvc_keys = set(keys("textclf-dvc"))
+
+    def in_remote(md5: str) -> bool:
+        return f"store/files/md5/{md5[:2]}/{md5[2:]}" in dvc_keys
+
+    assert in_remote(tags["textclf.data_dvc_md5"]), "raw data (data.dvc) in the DVC remote"
+    assert in_remote(tags["textclf.dvc_lock.prepare"]), "the worker pushed the prepared splits"
+    with tempfile.TemporaryDirectory() as tmp:
+        from textclf.tracking.pyfunc import download_model_dir
+
+        model_dir = download_model_dir(c, str(champion.source), Path(tmp))
+        weights = _md5(model_dir / "model.safetensors")
+    assert in_remote(weights), "the worker pushed the model output (same bytes as the registered model)"
+
+    # 4. a fresh clone with no caches and no mlflow/ packages and serves the champion
+    with _Timer("clone C: package + serve + classify"):
+        cc = tmp_path / "c"
+        run(["git", "clone", "-q", str(origin), str(cc)], tmp_path)
+        assert not (cc / "mlflow" / "mlflow.db").exists()
+        _cli(s, cc, str(BIN / "textclf"), "package")
+        _serve_and_classify(s, cc, champion)
+
+    # 5. two gates in two clones, held at a barrier: exactly one promotes
+    with _Timer("two gates race"):
+        _two_gates(s, a, cc, tmp_path, champion)
+    print("stack test times:", json.dumps(TIMES))
+
+
+def _wait(check, timeout: float, what: str):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _task_state(client, flow_run_id, name: str) -> str | None:  # noqa: ANN001
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states = [t.state.type.value for t in runs if t.name.startswith(name) and t.state]
+    return states[-1] if states else None
+
+
+def _final_state(client, flow_run_id) -> str | None:  # noqa: ANN001
+    state = client.read_flow_run(flow_run_id).state
+    return state.type.value if state and state.is_final() else None
+
+
+TEXTS = ["质量很好，第3次购买，非常满意", "太差了，第7次买到坏的，很失望"]
+
+
+def _serve_and_classify(stack, proj: Path, champion) -> None:  # noqa: ANN001
+    """`textclf serve` in the fresh clone: the champion's Bento answers like the champion offline."""
+    from textclf.model.predictor import Predictor
+    from textclf.serving.package import free_port
+    from textclf.tracking.pyfunc import download_model_dir
+
+    port = free_port()
+    log = proj / "serve.log"
+    proc = subprocess.Popen(
+        [str(BIN / "textclf"), "serve", "--port", str(port)],
+        cwd=proj,
+        env=_env(stack),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _ready(base) or (proc.poll() is not None and _fail(log)), 180, "bentoml serve")
+        served = httpx.post(f"{base}/classify", json={"texts": TEXTS}, timeout=60)
+        assert served.status_code == 200, served.text
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
+        offline = Predictor(download_model_dir(c, str(champion.source), proj / ".offline"))
+        assert [p["label"] for p in served.json()] == [p.label for p in offline.predict(TEXTS)]
+        lineage = httpx.get(f"{base}/metadata", timeout=30).json()["lineage"]
+        assert lineage["registered_version"] == str(champion.version)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _fail(log: Path) -> bool:
+    raise AssertionError(f"textclf serve exited:\n{log.read_text()[-3000:]}")
+
+
+_GATE = r"""
+import json, sys, time
+from pathlib import Path
+from textclf.config import config_from_dict, load_config
+from textclf.gate import run as gate_run
+from textclf.gate.registry import PromotionConflict
+
+root, version, barrier = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+params = load_config(root / "params.yaml").model_dump(mode="json")
+params["gate"]["infra_validation"]["enabled"] = False  # judged and served above; this is about the lock
+cfg = config_from_dict(params)
+decide = gate_run.decide
+
+def decide_then_wait(*args):  # test-side fault injection: both processes decide, then race
+    decision = decide(*args)
+    (barrier / f"ready-{version}").touch()
+    deadline = time.time() + 300
+    while len(list(barrier.glob("ready-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    return decision
+
+gate_run.decide = decide_then_wait
+try:
+    out = gate_run.run_gate(cfg, root, version=version)
+    print(json.dumps({"version": version, "decided": out.decision.promote, "promoted": out.promoted}))
+except PromotionConflict as err:
+    print(json.dumps({"version": version, "decided": True, "promoted": False, "conflict": str(err)}))
+"""
+
+
+def _two_gates(stack, a: Path, cc: Path, tmp: Path, champion) -> None:  # noqa: ANN001
+    """Two candidates (copies of the champion's model, so both pass) gated from two clones at once;
+    the registry lock is the Prefect server's global concurrency limit."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
+    name = champion.name
+    versions = [
+        str(
+            c.create_model_version(
+                name, champion.source, champion.run_id, model_id=champion.source.removeprefix("models:/")
+            ).version
+        )
+        for _ in range(2)
+    ]
+    barrier = tmp / "barrier"
+    barrier.mkdir()
+    for proj in (a, cc):  # the gate judges on the current test split: prepare is deterministic
+        _cli(stack, proj, str(BIN / "dvc"), "pull", "--allow-missing")  # C is fresh: data from S3
+        _cli(stack, proj, str(BIN / "dvc"), "repro", "validate_prepared")
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "python"), "-c", _GATE, str(proj), v, str(barrier)],
+            cwd=proj,
+            env=_env(stack),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for proj, v in zip((a, cc), versions, strict=True)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["decided"] for r in results), results
+    winners = [r["version"] for r in results if r["promoted"]]
+    assert len(winners) == 1, results
+    assert c.get_model_version_by_alias(name, "champion").version == winners[0]
+
+
+def _logs(client, flow_run_id) -> str:  # noqa: ANN001
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    logs = client.read_logs(
+        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=60, sort=LogSort.TIMESTAMP_DESC
+    )
+    return "\n".join(f"{log.timestamp:%H:%M:%S} {log.message[:2000]}" for log in reversed(logs))
