@@ -388,6 +388,7 @@ def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, rep
     assert [len(p["probabilities"]) for p in resp.json()] == [5, 5]
 
 
+@pytest.mark.stack  # a long-running server test: CI runs it beside the browser and image tiers
 def test_deployments_on_a_real_prefect_server(project: Path, repo_root: Path, tmp_path: Path) -> None:
     """`prefect server start` + flows/deploy.py: the training runs on its schedule (10 s here); a run of
     the monitor deployment on drifted traffic starts the training deployment with the reason."""
