@@ -59,7 +59,7 @@ def pull(root: Path) -> int:
     """``dvc pull --allow-missing``: the data and whatever stage outputs the remote holds (a worker's
     fresh clone then reproduces only what nobody pushed). Returns the number of files fetched."""
     with _repo(root) as repo:
-        return int(repo.pull(allow_missing=True).get("fetched", 0))
+        return int(repo.pull(allow_missing=True)["stats"].get("fetched", 0))
 
 
 def push(root: Path) -> int:
