@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from textclf.env import TELEMETRY_OFF
 from textclf.errors import TextclfError
 
 SERVICES = ("postgres", "s3", "mlflow", "prefect-server", "prefect-worker")
@@ -106,9 +107,7 @@ class Stack:
         return {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "DO_NOT_TRACK": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **TELEMETRY_OFF,
             **self.client_env(),
             **self.server_env(),
             **extra,
