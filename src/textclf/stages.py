@@ -141,6 +141,7 @@ def run_evaluate(cfg: Config, root: Path) -> dict[str, Any]:
         metrics = {"transformer": result.transformer} | (
             {"baseline": result.baseline} if result.baseline else {}
         )
+        metrics |= {f"variant_{name}": row for name, row in result.variants.items() if name != "torch"}
         log_evaluation(cfg, root, read_split(root / cfg.paths.prepared, "test"), metrics, run["model_uri"])
     log.info("logged the evaluation to MLflow run %s", run["run_id"])
     return {"run_id": run["run_id"], **result.metrics()}

@@ -10,6 +10,7 @@ them depends on the number of classes::
     plots/<p>calibration.csv     per non-empty confidence bin
     plots/<p>roc.csv, <p>pr.csv  one-vs-rest curves of every class (long format, ``class`` column)
     plots/<p>*.png               confusion matrix, reliability diagram, ROC and PR curves
+    variants/                    ONNX exports and parity.json (see textclf.model.variants)
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def score_split(
 class Evaluation:
     transformer: dict[str, Any]
     baseline: dict[str, Any] | None
+    variants: dict[str, dict[str, Any]]
 
     def metrics(self) -> dict[str, Any]:
         """What metrics.json holds (before the numeric filter)."""
@@ -144,6 +146,8 @@ class Evaluation:
             out["transformer_vs_baseline"] = {
                 f"{k}_delta": self.transformer[k] - self.baseline[k] for k in ("accuracy", "macro_f1")
             }
+        if self.variants:  # passed as 0/1: `dvc metrics` and MLflow take numbers only
+            out["variants"] = {n: row | {"passed": int(row["passed"])} for n, row in self.variants.items()}
         return out
 
 
@@ -156,6 +160,7 @@ def evaluate_model_and_baseline(
     """
     from textclf.evaluate.baseline import train_baseline
     from textclf.model.predictor import Predictor
+    from textclf.model.variants import VARIANTS_DIR, score_variants
 
     out_dir.mkdir(parents=True, exist_ok=True)
     test = read_split(prepared_dir, "test")
@@ -173,6 +178,16 @@ def evaluate_model_and_baseline(
         baseline = score_split(
             test, model.predict_proba(test["text"].tolist()), labels, cfg.evaluate, out_dir, BASELINE
         )
-    result = Evaluation(transformer, baseline)
+    variants = {}
+    if cfg.evaluate.variants.names:
+        variants = score_variants(
+            cfg.evaluate.variants,
+            model_dir,
+            out_dir / VARIANTS_DIR,
+            test["text"].tolist(),
+            test["label"].tolist(),
+            cfg.train.eval_batch_size,
+        )
+    result = Evaluation(transformer, baseline, variants)
     _write_json(numeric_metrics(result.metrics()), out_dir / METRICS_FILE)
     return result

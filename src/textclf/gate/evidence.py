@@ -10,8 +10,6 @@ trained on (``train_ids.txt`` logged on its run).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,8 @@ from textclf.config import Config
 from textclf.evaluate import metrics as M
 from textclf.gate.behaviour import run_behaviour_checks
 from textclf.gate.decision import Evidence
-from textclf.tracking.pyfunc import download_model_dir
+from textclf.model.variants import latency_p95_ms
+from textclf.tracking.pyfunc import served_model_dir
 from textclf.tracking.run import BASELINE_MACRO_F1, TAG_DIGEST_PREFIX, TRAIN_IDS_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -41,18 +40,6 @@ def read_train_ids(c: MlflowClient, run_id: str, tmp: Path) -> frozenset[str] | 
 
 def model_size_mb(model_dir: Path) -> float:
     return sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 2**20
-
-
-def latency_p95_ms(predict: Callable[[list[str]], object], texts: Sequence[str], warmup: int) -> float:
-    """p95 of single-text ``predict([text])`` wall times, in milliseconds."""
-    for t in texts[:warmup]:
-        predict([t])
-    times = []
-    for t in texts:
-        start = time.perf_counter()
-        predict([t])
-        times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.percentile(times, 95))
 
 
 @dataclass(frozen=True)
@@ -77,7 +64,9 @@ def score_version(
 
     mv = c.get_model_version(cfg.mlflow.registered_model, version)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = download_model_dir(c, str(mv.source), work_dir)
+    # The challenger is judged on the runtime its Bento will serve (latency budget included).
+    runtime = cfg.serve.runtime if measure else "torch"
+    model_dir = served_model_dir(c, cfg.mlflow.registered_model, version, runtime, work_dir)
     predictor = Predictor(model_dir, device="cpu")
     labels = predictor.labels
     M.encode_labels(test["label"].tolist(), labels)  # the test labels must be the model's

@@ -4,6 +4,11 @@ A model directory is a standard Hugging Face directory (safetensors weights, con
 ``id2label``/``label2id``, tokenizer files) plus ``textclf_preprocessing.json``: the normalization
 settings and max length used in training. Serving, evaluation and the MLflow pyfunc all go through
 :class:`Predictor`, so preprocessing exists in one place only.
+
+The forward pass runs on one of :data:`RUNTIMES`: the fp32 torch model, torch dynamic int8 quantization
+of its Linear layers (done at load), or ONNX Runtime on an exported graph (``model.onnx``,
+``model.int8.onnx``; see :mod:`textclf.model.variants`). A model directory prepared for serving names
+its runtime in ``textclf_runtime.json``; without it the runtime is torch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from textclf.data.normalize import normalize
 from textclf.errors import ModelSourceError
 
 PREPROCESSING_FILE = "textclf_preprocessing.json"
+RUNTIME_FILE = "textclf_runtime.json"  # {"runtime": ..., "parity": {...}}: what a served directory runs
+RUNTIMES = ("torch", "int8", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -57,11 +65,23 @@ class Prediction:
 
 
 class Predictor:
-    """Normalize → tokenize (truncate to max_length) → forward under inference_mode → softmax."""
+    """Normalize → tokenize (truncate to max_length) → forward on the runtime → softmax.
 
-    def __init__(self, model_dir: Path | str, device: str | None = None) -> None:
+    ``runtime`` defaults to the one ``textclf_runtime.json`` names (torch without it); ONNX files are
+    read from ``onnx_dir`` (default: the model directory). ``threads`` caps ONNX Runtime's intra-op
+    threads (torch's are process-wide: ``torch.set_num_threads``).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        device: str | None = None,
+        runtime: str | None = None,
+        onnx_dir: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -69,11 +89,23 @@ class Predictor:
         self.model_dir = model_dir
         self.preprocessing = Preprocessing.load(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device)
-        self.model.eval()
-        id2label = self.model.config.id2label
+        served = model_dir / RUNTIME_FILE
+        self.serving: dict[str, Any] = (
+            json.loads(served.read_text(encoding="utf-8")) if served.is_file() else {}
+        )
+        self.runtime = runtime or self.serving.get("runtime", "torch")
+        if self.runtime not in RUNTIMES:
+            raise ModelSourceError(f"unknown runtime {self.runtime!r}; one of {list(RUNTIMES)}")
+        gpu = self.runtime == "torch" and torch.cuda.is_available()
+        self.device = torch.device(device or ("cuda" if gpu else "cpu"))
+        id2label = AutoConfig.from_pretrained(model_dir).id2label
         self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
+        self.model: Any = None
+        self.session: Any = None
+        if self.runtime in ONNX_FILES:
+            self.session = _onnx_session(Path(onnx_dir or model_dir) / ONNX_FILES[self.runtime], threads)
+        else:
+            self.model = _torch_model(model_dir, self.runtime == "int8").to(self.device)
 
     @property
     def max_length(self) -> int:
@@ -89,19 +121,29 @@ class Predictor:
         clean = self.normalize(list(texts))
         probs: list[np.ndarray] = []
         truncated: list[bool] = []
-        with torch.inference_mode():
-            for start in range(0, len(clean), batch_size):
-                chunk = clean[start : start + batch_size]
-                full = self.tokenizer(chunk, truncation=False, add_special_tokens=True)["input_ids"]
-                truncated.extend(len(ids) > self.max_length for ids in full)
-                enc = self.tokenizer(
-                    chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-                ).to(self.device)
-                logits = self.model(**enc).logits.float()
-                probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        for start in range(0, len(clean), batch_size):
+            chunk = clean[start : start + batch_size]
+            full = self.tokenizer(chunk, truncation=False, add_special_tokens=True)["input_ids"]
+            truncated.extend(len(ids) > self.max_length for ids in full)
+            probs.append(torch.softmax(self._logits(chunk).float(), dim=-1).cpu().numpy())
         if not probs:
             return np.zeros((0, len(self.labels)), dtype=np.float32), []
         return np.concatenate(probs), truncated
+
+    def _logits(self, chunk: list[str]) -> Any:
+        import torch
+
+        if self.session is None:
+            enc = self.tokenizer(
+                chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+            ).to(self.device)
+            with torch.inference_mode():
+                return self.model(**enc).logits
+        enc = self.tokenizer(
+            chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="np"
+        )
+        feed = {i.name: enc[i.name].astype(np.int64) for i in self.session.get_inputs()}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
         probs, truncated = self.predict_proba(texts, batch_size)
@@ -115,3 +157,28 @@ class Predictor:
                 )
             )
         return out
+
+
+def _torch_model(model_dir: Path, int8: bool) -> Any:
+    import warnings
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    if not int8:
+        return model
+    with warnings.catch_warnings():  # eager-mode quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _onnx_session(path: Path, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelSourceError(f"ONNX model not found: {path}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -83,7 +83,7 @@ def infra_validate(
     ok = sum(c == 200 for c in codes)
     agreement = float(np.mean([a == b for a, b in zip(labels, offline_labels, strict=True)]))
     p95, p95_loaded = float(np.percentile(single_ms, 95)), float(np.percentile(ms, 95))
-    served_lineage = metadata.get("lineage", {})
+    served_lineage = {**metadata.get("lineage", {}), "runtime": metadata.get("runtime")}
     problems = []
     if ok < len(texts):
         problems.append(
@@ -111,7 +111,7 @@ def validate_candidate(
     from textclf.gate.behaviour import cases_for
     from textclf.model.predictor import Predictor
     from textclf.serving.release import package
-    from textclf.tracking.pyfunc import download_model_dir
+    from textclf.tracking.pyfunc import served_model_dir
 
     icfg = cfg.gate.infra_validation
     bento = package(cfg, root, version).bento_tag
@@ -120,15 +120,14 @@ def validate_candidate(
         *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),
     ]
     with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
-        source = str(c.get_model_version(cfg.mlflow.registered_model, version).source)
-        offline = [
-            p.label for p in Predictor(download_model_dir(c, source, Path(tmp)), device="cpu").predict(texts)
-        ]
+        model_dir = served_model_dir(c, cfg.mlflow.registered_model, version, cfg.serve.runtime, Path(tmp))
+        predictor = Predictor(model_dir, device="cpu")  # the runtime the Bento serves
+        offline = [p.label for p in predictor.predict(texts)]
         result = infra_validate(
             bento,
             texts,
             offline,
-            {"registered_version": version, "mlflow_run_id": run_id or ""},
+            {"registered_version": version, "mlflow_run_id": run_id or "", "runtime": predictor.runtime},
             min_agreement=icfg.min_agreement,
             max_p95_ms=cfg.gate.max_latency_p95_ms,
             concurrency=icfg.concurrency,

@@ -61,14 +61,14 @@ def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
     """Import the referenced registry version into BentoML and build the Bento (offline)."""
     from textclf.gate.registry import BENTO_TAG
     from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
-    from textclf.tracking.pyfunc import download_model_dir
+    from textclf.tracking.pyfunc import served_model_dir
     from textclf.tracking.store import client
 
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = _version(c, model, ref or cfg.serve.registry_ref)
     labels = lineage_labels(c, model, version)
     with tempfile.TemporaryDirectory(prefix="textclf-package-") as tmp:
-        model_dir = download_model_dir(c, str(c.get_model_version(model, version).source), Path(tmp))
+        model_dir = served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
         model_tag = import_model_dir(model_dir, cfg.serve.model_store_name, labels)
     bento_tag = build_bento(model_tag, cfg.serve, root, labels)
     c.set_model_version_tag(model, version, BENTO_TAG, bento_tag)

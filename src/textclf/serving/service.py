@@ -78,7 +78,8 @@ class TextClassifier:
         stored = self.model  # resolved once per worker from the model store
         self.tag = str(stored.tag)
         self.info = stored.info
-        self.predictor = Predictor(Path(stored.path))
+        # The runtime (and its ONNX file) was chosen at packaging: textclf_runtime.json in the directory.
+        self.predictor = Predictor(Path(stored.path), threads=SETTINGS.torch_threads)
         folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or MONITORING.dir).resolve()
         rotate = int(MONITORING.rotate_mb * 2**20)
         self.traffic = (
@@ -93,9 +94,10 @@ class TextClassifier:
             "textclf_monitoring_dropped", "Monitoring records dropped (queue full, write failed)"
         )
         log.info(
-            "loaded %s on %s (%d torch threads, max_batch_size=%d)",
+            "loaded %s on %s, runtime %s (%d torch threads, max_batch_size=%d)",
             self.tag,
             self.predictor.device,
+            self.predictor.runtime,
             torch.get_num_threads(),
             SETTINGS.max_batch_size,
         )
@@ -177,6 +179,8 @@ class TextClassifier:
             max_length=self.predictor.max_length,
             normalize=self.predictor.preprocessing.normalize.model_dump(),
             device=str(self.predictor.device),
+            runtime=self.predictor.runtime,
+            parity=self.predictor.serving.get("parity") or {},
             batching=BatchingInfo(
                 max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
             ),
