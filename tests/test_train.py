@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -245,3 +247,29 @@ def test_ddp_two_processes_write_one_model(tmp_path, repo_root):
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 21
     assert sorted(p.name for p in tmp_path.iterdir() if (p / "model.safetensors").is_file()) == ["model"]
     assert Predictor(tmp_path / "model", device="cpu").labels == ["neg", "pos"]
+
+
+def test_class_weighted_loss_only_when_classes_are_skewed(tmp_path: Path, caplog) -> None:
+    import torch
+
+    from textclf.train.trainer import class_weights, weighted_loss
+
+    assert class_weights([0, 1, 0, 1], 2, 1.5) is None
+    assert (
+        class_weights([0] * 8 + [1] * 2, 2, None) is None and class_weights([0] * 8 + [1] * 2, 2, 5.0) is None
+    )
+    w = class_weights([0] * 8 + [1] * 2, 2, 1.5)
+    np.testing.assert_allclose(w, [10 / 16, 10 / 4])  # inverse frequency, mean 1 over the examples
+    logits, labels = torch.randn(6, 2), torch.tensor([0, 0, 0, 1, 1, 0])
+    per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * torch.tensor(w)[labels]
+    got = weighted_loss(w)({"logits": logits}, labels, num_items_in_batch=12)
+    torch.testing.assert_close(got, per_item.sum().float() / 12)
+
+    frame = make_frame(200)
+    skewed = pd.concat([frame[frame.label == "neg"], frame[frame.label == "pos"].head(20)])
+    with caplog.at_level("INFO", logger="textclf.train.trainer"):
+        result = train_model(
+            tiny_config(epochs=2), skewed, make_frame(40, seed=1), tmp_path / "m", tmp_path / "c"
+        )
+    assert "class-weighted loss {'neg': 0.6, 'pos': 3.0}" in caplog.text
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["train_loss"])

@@ -216,6 +216,9 @@ class TrainConfig(_Frozen):
     group_by_length: bool = True
     early_stopping_patience: int = Field(default=2, ge=0)
     metric_for_best_model: str = "macro_f1"
+    # Class-weighted loss (inverse frequency) when the largest train class outnumbers the smallest by more
+    # than this ratio: macro-F1, what the gate judges, counts every class alike. null: never.
+    class_weights_above: float | None = Field(default=1.5, ge=1.0)
     checkpoint_steps: int = Field(default=200, ge=1)
     save_total_limit: int = Field(default=2, ge=1)
     logging_steps: int = Field(default=50, ge=1)

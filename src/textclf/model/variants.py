@@ -64,9 +64,13 @@ def export_onnx(model_dir: Path, out_dir: Path) -> None:
             kwargs={n: enc[n] for n in names},
             dynamo=False,
         )
-    quantize_dynamic(
-        out_dir / ONNX_FILES["onnx"], out_dir / ONNX_FILES["onnx-int8"], weight_type=QuantType.QInt8
-    )
+    logging.disable(logging.WARNING)  # ORT logs every skipped MatMul, and pre-processing advice, to root
+    try:
+        quantize_dynamic(
+            out_dir / ONNX_FILES["onnx"], out_dir / ONNX_FILES["onnx-int8"], weight_type=QuantType.QInt8
+        )
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @contextmanager

@@ -124,6 +124,31 @@ class CountingTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+def class_weights(y: Sequence[int], n_labels: int, above: float | None) -> np.ndarray | None:
+    """Inverse-frequency weights (mean 1 over the examples) when the classes are skewed beyond ``above``."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_labels)
+    if above is None or counts.min() == 0 or counts.max() / counts.min() <= above:
+        return None
+    return counts.sum() / (n_labels * counts)
+
+
+def weighted_loss(weights: np.ndarray) -> Any:
+    """A Trainer ``compute_loss_func``: class-weighted cross-entropy, summed over the examples and divided
+    by the batch's item count (what gradient accumulation expects)."""
+    import torch
+
+    w = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"].float()
+        per_item = torch.nn.functional.cross_entropy(
+            logits, labels, weight=w.to(logits.device), reduction="none"
+        )
+        return per_item.sum() / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return loss
+
+
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
     """Validation accuracy and macro-F1, by :mod:`textclf.evaluate.metrics` (the gate's convention)."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
@@ -226,19 +251,25 @@ def _trainer(
         init_from = pretrain_mlm(cfg, tokenizer, texts["train"], ckpt, mlm_args)
         set_seed(cfg.train.seed)
     ids = {lab: i for i, lab in enumerate(labels)}
+    y_train = [ids[v] for v in train["label"]]
+    weights = class_weights(y_train, len(labels), cfg.train.class_weights_above)
+    if weights is not None:
+        logger.info(
+            "skewed classes: class-weighted loss %s",
+            dict(zip(labels, weights.round(3).tolist(), strict=True)),
+        )
     extra: list[Any] = [_StepCheckpoints(cfg.train.checkpoint_steps)]
     if cfg.train.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = CountingTrainer(
         model=build_classifier(cfg.model, tokenizer, labels, init_from=init_from),
         args=args,
-        train_dataset=encode(
-            tokenizer, texts["train"], [ids[v] for v in train["label"]], cfg.model.max_length
-        ),
+        train_dataset=encode(tokenizer, texts["train"], y_train, cfg.model.max_length),
         eval_dataset=encode(tokenizer, texts["val"], [ids[v] for v in val["label"]], cfg.model.max_length),
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        compute_loss_func=weighted_loss(weights) if weights is not None else None,
         callbacks=[*extra, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # log dicts printed raw; the callers' callbacks log them
