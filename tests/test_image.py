@@ -159,14 +159,21 @@ def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> No
     from textclf.config import load_config
     from textclf.gate import registry as R
     from textclf.model.predictor import Predictor
-    from textclf.tracking.pyfunc import download_model_dir
+    from textclf.tracking.pyfunc import served_model_dir
     from textclf.tracking.store import client
 
     cfg = load_config(image["proj"] / "params.yaml")
     c = client(cfg, image["proj"])
     mv = c.get_model_version_by_alias(cfg.mlflow.registered_model, R.CHAMPION)
-    offline = Predictor(
-        download_model_dir(c, str(mv.source), image["proj"] / ".cache" / "offline"), device="cpu"
+    offline = Predictor(  # on the runtime serve.runtime picks for this version, as the image does
+        served_model_dir(
+            c,
+            cfg.mlflow.registered_model,
+            mv.version,
+            cfg.serve.runtime,
+            image["proj"] / ".cache" / "offline",
+        ),
+        device="cpu",
     )
     expected = {p.label: p for p in offline.predict(TEXTS)}
     name, base, ready_s = _run_container(image)
@@ -177,8 +184,10 @@ def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> No
             assert got["label"] == want.label
             assert all(abs(got["probabilities"][k] - v) < 1e-5 for k, v in want.probabilities.items())
         assert expected
-        lineage = httpx.get(f"{base}/metadata", timeout=30).json()["lineage"]
+        meta = httpx.get(f"{base}/metadata", timeout=30).json()
+        lineage = meta["lineage"]
         assert lineage["registered_version"] == str(mv.version) and lineage["mlflow_run_id"] == mv.run_id
+        assert meta["runtime"] == offline.runtime
         for body, status in (
             (b'{"texts": ["a"', 400),
             (b'{"texts": []}', 400),

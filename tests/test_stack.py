@@ -252,7 +252,7 @@ def _serve_and_classify(stack, proj: Path, champion) -> None:  # noqa: ANN001
     """`textclf serve` in the fresh clone: the champion's Bento answers like the champion offline."""
     from textclf.model.predictor import Predictor
     from textclf.serving.package import free_port
-    from textclf.tracking.pyfunc import download_model_dir
+    from textclf.tracking.pyfunc import served_model_dir
 
     port = free_port()
     log = proj / "serve.log"
@@ -272,10 +272,13 @@ def _serve_and_classify(stack, proj: Path, champion) -> None:  # noqa: ANN001
         from mlflow.tracking import MlflowClient
 
         c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
-        offline = Predictor(download_model_dir(c, str(champion.source), proj / ".offline"))
+        offline = Predictor(  # on the runtime serve.runtime picks (its ONNX file comes from S3 too)
+            served_model_dir(c, "textclf-sentiment", champion.version, "auto", proj / ".offline")
+        )
         assert [p["label"] for p in served.json()] == [p.label for p in offline.predict(TEXTS)]
-        lineage = httpx.get(f"{base}/metadata", timeout=30).json()["lineage"]
-        assert lineage["registered_version"] == str(champion.version)
+        meta = httpx.get(f"{base}/metadata", timeout=30).json()
+        assert meta["lineage"]["registered_version"] == str(champion.version)
+        assert meta["runtime"] == offline.runtime
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)

@@ -262,7 +262,7 @@ def test_class_weighted_loss_only_when_classes_are_skewed(tmp_path: Path, caplog
     np.testing.assert_allclose(w, [10 / 16, 10 / 4])  # inverse frequency, mean 1 over the examples
     logits, labels = torch.randn(6, 2), torch.tensor([0, 0, 0, 1, 1, 0])
     per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * torch.tensor(w)[labels]
-    got = weighted_loss(w)({"logits": logits}, labels, num_items_in_batch=12)
+    got = weighted_loss(w, ["a", "b"])({"logits": logits}, labels, num_items_in_batch=12)
     torch.testing.assert_close(got, per_item.sum().float() / 12)
 
     frame = make_frame(200)

@@ -132,11 +132,14 @@ def class_weights(y: Sequence[int], n_labels: int, above: float | None) -> np.nd
     return counts.sum() / (n_labels * counts)
 
 
-def weighted_loss(weights: np.ndarray) -> Any:
+def weighted_loss(weights: np.ndarray, labels: Sequence[str]) -> Any:
     """A Trainer ``compute_loss_func``: class-weighted cross-entropy, summed over the examples and divided
     by the batch's item count (what gradient accumulation expects)."""
     import torch
 
+    logger.info(
+        "skewed classes: class-weighted loss %s", dict(zip(labels, weights.round(3).tolist(), strict=True))
+    )
     w = torch.tensor(weights, dtype=torch.float32)
 
     def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
@@ -253,11 +256,6 @@ def _trainer(
     ids = {lab: i for i, lab in enumerate(labels)}
     y_train = [ids[v] for v in train["label"]]
     weights = class_weights(y_train, len(labels), cfg.train.class_weights_above)
-    if weights is not None:
-        logger.info(
-            "skewed classes: class-weighted loss %s",
-            dict(zip(labels, weights.round(3).tolist(), strict=True)),
-        )
     extra: list[Any] = [_StepCheckpoints(cfg.train.checkpoint_steps)]
     if cfg.train.early_stopping_patience > 0:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
@@ -269,7 +267,7 @@ def _trainer(
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        compute_loss_func=weighted_loss(weights) if weights is not None else None,
+        compute_loss_func=weighted_loss(weights, labels) if weights is not None else None,
         callbacks=[*extra, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # log dicts printed raw; the callers' callbacks log them

@@ -73,30 +73,16 @@ def pruning_callback(trial: Any) -> Any:
     return Pruning()
 
 
-def tune(
-    cfg: Config, root: Path, trials: int | None = None, timeout_minutes: float | None = None
-) -> TuneResult:
-    """Run the search; returns the best trial and writes ``<paths.tune>/best_params.yaml``."""
+def _objective(cfg: Config, splits: dict[str, Any]) -> Any:
+    """One trial: train with the suggested values in a nested MLflow run; val macro-F1 of the best epoch."""
     import mlflow
     import optuna
 
     from textclf.tracking.run import step_metrics
-    from textclf.tracking.store import configure_mlflow
     from textclf.train.trainer import train_model
 
-    space = cfg.tune.space
-    for key, dim in space.items():  # an unknown key fails now, naming it, not in the first trial
-        apply_overrides(cfg, nested({key: dim.choices[0] if dim.choices else dim.low}))
-    splits = {s: read_split(root / cfg.paths.prepared, s) for s in ("train", "val")}
-    timeout = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials),
-    )
-
     def objective(trial: optuna.Trial) -> float:
-        params = {key: suggest(trial, key, dim) for key, dim in space.items()}
+        params = {key: suggest(trial, key, dim) for key, dim in cfg.tune.space.items()}
         trial_cfg = apply_overrides(cfg, nested(params))
         pruning = pruning_callback(trial)
         with (
@@ -115,12 +101,35 @@ def tune(
             raise optuna.TrialPruned(f"val macro-F1 below the median at epoch {len(result.history)}")
         return value
 
+    return objective
+
+
+def tune(
+    cfg: Config, root: Path, trials: int | None = None, timeout_minutes: float | None = None
+) -> TuneResult:
+    """Run the search; returns the best trial and writes ``<paths.tune>/best_params.yaml``."""
+    import mlflow
+    import optuna
+
+    from textclf.tracking.store import configure_mlflow
+
+    for key, dim in cfg.tune.space.items():  # an unknown key fails now, naming it, not in the first trial
+        apply_overrides(cfg, nested({key: dim.choices[0] if dim.choices else dim.low}))
+    splits = {s: read_split(root / cfg.paths.prepared, s) for s in ("train", "val")}
+    timeout = timeout_minutes if timeout_minutes is not None else cfg.tune.timeout_minutes
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials),
+    )
     configure_mlflow(cfg, root)
     with mlflow.start_run(run_name="tune") as parent:
         mlflow.log_params({"tune.trials": trials or cfg.tune.trials, "tune.timeout_minutes": timeout})
         mlflow.set_tag("textclf.tune.space", yaml.safe_dump(cfg.model_dump(mode="json")["tune"]["space"]))
         study.optimize(
-            objective, n_trials=trials or cfg.tune.trials, timeout=timeout * 60 if timeout else None
+            _objective(cfg, splits),
+            n_trials=trials or cfg.tune.trials,
+            timeout=timeout * 60 if timeout else None,
         )
         states = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
         done = {k: v for k, v in states.items() if v}
