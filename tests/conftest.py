@@ -16,6 +16,7 @@ _ENV = {
     "PREFECT_HOME": str(_STATE / "prefect"),
     "BENTOML_HOME": str(_STATE / "bentoml"),
     "HF_HOME": str(_STATE / "hf"),
+    "DVC_SITE_CACHE_DIR": str(_STATE / "dvc-site"),
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "DO_NOT_TRACK": "1",

@@ -36,6 +36,9 @@ def state_dirs(root: Path) -> dict[str, str]:
         "PREFECT_HOME": str(root / ".prefect"),
         "BENTOML_HOME": str(root / ".bentoml"),
         "XDG_CONFIG_HOME": str(root / ".cache" / "xdg"),
+        # Absolute: `dvc exp run --temp` (textclf run -S) works in a copy of the repo, where a relative
+        # core.site_cache_dir would point at a folder that does not exist ("unable to open database file").
+        "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site_cache"),
     }
 
 
