@@ -260,7 +260,7 @@ def compressed_dir(model_dir: Path, runtime: str) -> Path:
     import shutil
 
     from textclf.model.predictor import RUNTIME_FILE
-    from textclf.model.variants import export_onnx
+    from textclf.evaluate.variants import export_onnx
 
     out = Path(tempfile.mkdtemp(prefix="textclf-bench-compressed-")) / "model"
     shutil.copytree(model_dir, out)

@@ -26,8 +26,8 @@ from prefect.states import Completed
 
 from textclf import pipeline as P
 from textclf.config import Config, load_config
+from textclf.contracts import ENV_PARAMS, ENV_PROGRESS_ARTIFACT
 from textclf.env import ENV_FLOW_RUN_ID, ENV_TASK_RUN_ID, configure_environment
-from textclf.stages import ENV_PROGRESS_ARTIFACT
 
 
 def _retry_unless_deterministic(task: Any, task_run: Any, state: Any) -> bool:
@@ -100,8 +100,10 @@ def package(cfg: Config, root: Path) -> str:
 
 def notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes these by keyword
     root = Path(flow_run.parameters.get("project_dir") or Path.cwd())
+    cfg = load_config(root / flow_run.parameters.get("params", "params.yaml"))
     P.notify_failure(
-        root, f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}"
+        cfg.flow.webhook_url,
+        f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}",
     )
 
 
@@ -127,19 +129,22 @@ def training_pipeline(
     project_dir: str | None = None,
     import_feedback: bool = False,
     reason: str | None = None,
+    params: str = "params.yaml",
 ) -> P.RunResult:
     """Validate → prepare → train → evaluate → gate → package, doing only what changed.
 
     ``set_params`` (``["train.learning_rate=1e-4", ...]``) runs the pipeline as a DVC experiment with those
     overrides, leaving params.yaml untouched; ``force`` re-runs every stage; ``import_feedback`` first
-    merges the users' feedback into a new data version; ``reason`` (e.g. the monitor's drift) is reported.
+    merges the users' feedback into a new data version; ``reason`` (e.g. the monitor's drift) is reported;
+    ``params`` is the config file, relative to the project (the stage commands read it too).
     """
     logger = get_run_logger()
     root = Path(project_dir or Path.cwd()).resolve()
     configure_environment(root)
     if flow_run.id:
         os.environ[ENV_FLOW_RUN_ID] = str(flow_run.id)  # stage processes tag their MLflow run with it
-    cfg = load_config(root / "params.yaml")
+    cfg = load_config(root / params)
+    os.environ[ENV_PARAMS] = params  # the stage commands DVC starts read the same file
     if reason:
         logger.info("triggered by %s", reason)
     if import_feedback:

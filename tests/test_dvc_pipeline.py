@@ -46,7 +46,9 @@ def test_repro_produces_disjoint_splits_and_noop_rerun(project: Path) -> None:
     assert (project / "dvc.lock").is_file()
     metrics = json.loads((project / "artifacts" / "eval" / "metrics.json").read_text())
     assert {"transformer", "baseline"} <= metrics.keys()
-    assert 0.0 <= metrics["transformer"]["accuracy"] <= 1.0
+    predictions = pd.read_parquet(project / "artifacts" / "eval" / "predictions.parquet")
+    assert len(predictions) == len(splits["test"])  # scored on the whole test split, nothing else
+    assert metrics["transformer"]["accuracy"] == pytest.approx(predictions["correct"].mean())
     shown = _run([str(BIN / "dvc"), "metrics", "show"], project).stdout
     assert "transformer.accuracy" in shown and "baseline.accuracy" in shown
 

@@ -49,7 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
 
 def _aliases(proj: Path) -> dict[str, str]:
     from textclf.config import load_config
-    from textclf.gate import registry as R
+    from textclf.tracking import registry as R
     from textclf.tracking.store import client
 
     cfg = load_config(proj / "params.yaml")
@@ -171,8 +171,8 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(pipeline, pr
 
 def _champion_predictions(project: Path, texts: list[str]) -> list:
     from textclf.config import load_config
-    from textclf.gate import registry as R
     from textclf.model.predictor import Predictor
+    from textclf.tracking import registry as R
     from textclf.tracking.pyfunc import download_model_dir
     from textclf.tracking.store import client
 
@@ -325,7 +325,7 @@ def test_validation_failure_stops_before_training_and_notifies(
 def test_prefect_lock_is_mutual_exclusion(harness) -> None:
     """The registry lock for a shared tracking server: a Prefect global concurrency limit of 1."""
     from textclf.config import GateRegistryConfig
-    from textclf.gate.registry import registry_lock
+    from textclf.tracking.registry import registry_lock
 
     cfg = GateRegistryConfig(lock="prefect", lock_timeout_s=2)
     entered, release = threading.Event(), threading.Event()
@@ -364,7 +364,7 @@ def five_class_corpus(seed: int = 0) -> pd.DataFrame:
 
 
 def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, repo_root: Path) -> None:
-    from textclf.model.variants import resolve_runtime
+    from textclf.evaluate.variants import resolve_runtime
     from textclf.serving.package import served
 
     overrides = {

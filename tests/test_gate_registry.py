@@ -24,10 +24,10 @@ torch = pytest.importorskip("torch")
 
 from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
-from textclf.gate import registry as R  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
 from textclf.gate.run import GateRejected, promote, rollback, run_gate  # noqa: E402
 from textclf.model.predictor import Preprocessing  # noqa: E402
+from textclf.tracking import registry as R  # noqa: E402
 from textclf.tracking.pyfunc import log_pyfunc_model  # noqa: E402
 from textclf.tracking.run import log_model  # noqa: E402
 from textclf.tracking.store import client, configure_mlflow  # noqa: E402
@@ -462,7 +462,7 @@ import torch
 torch.set_num_threads(1)
 from textclf.config import config_from_dict
 from textclf.gate import run as gate_run
-from textclf.gate.registry import PromotionConflict
+from textclf.tracking.registry import PromotionConflict
 
 cfg_path, root, version, barrier = sys.argv[1:5]
 cfg = config_from_dict(json.loads(Path(cfg_path).read_text()))

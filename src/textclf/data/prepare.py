@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from textclf import contracts as C
 from textclf.config import Config, DataConfig, NormalizeConfig, PrepareConfig
 from textclf.data.io import read_table
 from textclf.data.normalize import normalize
 from textclf.errors import DataError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ def stratified_split(
         raise ValueError("stratified_split needs deduplicated texts")
     frame = frame.assign(id=[text_id(t) for t in frame["text"]])
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in C.SPLITS}
     for label in sorted(frame["label"].unique()):
         rows = frame[frame["label"] == label].sort_values("id", kind="stable")
         order = rng.permutation(len(rows))
@@ -147,10 +145,11 @@ def assert_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
 
 def add_feedback(
     splits: dict[str, pd.DataFrame], feedback: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig
-) -> dict[str, int]:
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Feedback rows (text, label) join the TRAIN split only: a feedback text equal to a val or test text
     is excluded (evaluation never sees its own answers in training), one equal to a train text or to
-    another feedback text is a duplicate. The splits of the raw data do not move. Returns the counts."""
+    another feedback text is a duplicate. The splits of the raw data do not move. Returns the new splits
+    and the counts."""
     fb = drop_empty(normalize_texts(select_columns(feedback, data_cfg), cfg.normalize)).frame
     if data_cfg.labels is not None and (unknown := sorted(set(fb["label"]) - set(data_cfg.labels))):
         raise DataError(f"feedback labels not in data.labels {list(data_cfg.labels)}: {unknown[:5]}")
@@ -162,8 +161,8 @@ def add_feedback(
     train = pd.concat(
         [splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]]
     )
-    splits["train"] = train.sort_values("id", kind="stable").reset_index(drop=True)
-    return {
+    train = train.sort_values("id", kind="stable").reset_index(drop=True)
+    return {**splits, "train": train}, {
         "rows": len(feedback),
         "added_to_train": len(new),
         "excluded_equal_to_val_or_test": int(in_eval.sum()),
@@ -185,7 +184,9 @@ def prepare(
     conflicts = resolve_conflicts(empty.frame, cfg.conflict_policy)
     dedup = dedupe(conflicts.frame)
     splits = stratified_split(dedup.frame, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    fed = add_feedback(splits, feedback, data_cfg, cfg) if feedback is not None and len(feedback) else None
+    fed = None
+    if feedback is not None and len(feedback):
+        splits, fed = add_feedback(splits, feedback, data_cfg, cfg)
     assert_disjoint(splits)
     labels = list(data_cfg.labels) if data_cfg.labels is not None else sorted(dedup.frame["label"].unique())
     manifest: dict[str, Any] = {
@@ -228,20 +229,22 @@ def write_prepared(
     manifest = dict(prepared.manifest)
     hashes: dict[str, str] = {}
     for name, df in prepared.splits.items():
-        path = out_dir / f"{name}.parquet"
+        path = out_dir / C.split_file(name)
         table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
         pq.write_table(table, path, compression="zstd")
         hashes[name] = sha256_file(path)
     manifest["sha256"] = hashes
     if input_name is not None and input_path is not None:
         manifest["input"] = {"path": input_name.as_posix(), "sha256": sha256_file(input_path)}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    (out_dir / C.MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
     return manifest
 
 
 def read_split(prepared_dir: Path, split: str) -> pd.DataFrame:
     """One prepared split: columns ``id, text, label`` as strings."""
-    path = Path(prepared_dir) / f"{split}.parquet"
+    path = Path(prepared_dir) / C.split_file(split)
     if not path.is_file():
         raise DataError(f"prepared split not found: {path} (run `textclf prepare` first)")
     frame = pd.read_parquet(path)

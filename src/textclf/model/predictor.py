@@ -7,7 +7,7 @@ settings and max length used in training. Serving, evaluation and the MLflow pyf
 
 The forward pass runs on one of :data:`RUNTIMES`: the fp32 torch model, torch dynamic int8 quantization
 of its Linear layers (done at load), or ONNX Runtime on an exported graph (``model.onnx``,
-``model.int8.onnx``; see :mod:`textclf.model.variants`). A model directory prepared for serving names
+``model.int8.onnx``; see :mod:`textclf.evaluate.variants`). A model directory prepared for serving names
 its runtime in ``textclf_runtime.json``; without it the runtime is torch.
 """
 

@@ -26,7 +26,6 @@ from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
 log = logging.getLogger(__name__)
 
 BENTOFILE = "bentofile.yaml"
-SERVICE_IMPORT = "textclf.serving.service:TextClassifier"
 # Training leftovers that a model directory may hold and serving never needs.
 _IGNORE = shutil.ignore_patterns("checkpoint-*", "__pycache__", ".*")
 
@@ -124,13 +123,8 @@ def dockerfile_path(bento_tag: str) -> Path:
 
 
 def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
-    """Argv that serves a built bento; run it with :func:`serve_env`."""
+    """Argv that serves a built bento (BENTOML_HOME in its environment names the store)."""
     return [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", host, "--port", str(port)]
-
-
-def serve_env(bentoml_home: Path, base: dict[str, str]) -> dict[str, str]:
-    """``base`` (usually os.environ) with BENTOML_HOME set and BentoML's telemetry off."""
-    return {**base, "BENTOML_HOME": str(Path(bentoml_home).resolve()), "BENTOML_DO_NOT_TRACK": "true"}
 
 
 def free_port() -> int:

@@ -15,11 +15,11 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from textclf.config import Config
+from textclf.contracts import ENV_MONITORING_DIR
 
 TRAFFIC, FEEDBACK = "traffic", "feedback"
 
@@ -71,10 +71,6 @@ class Recorder:
                     self.queue.task_done()
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def read_records(folder: Path, kind: str, since: str | None = None) -> Iterator[dict[str, Any]]:
     """Every record of ``kind`` under ``folder`` with ``ts >= since`` (ISO 8601), oldest partition first."""
     for day in sorted((Path(folder) / kind).glob("date=*")):
@@ -96,7 +92,7 @@ def import_feedback(cfg: Config, root: Path, dvc: bool) -> int:
     import pandas as pd
 
     path = root / cfg.paths.feedback
-    folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or root / cfg.serve.monitoring.dir)
+    folder = Path(os.environ.get(ENV_MONITORING_DIR) or root / cfg.serve.monitoring.dir)
     old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
     last = old["received_at"].max() if old is not None and len(old) else None
     rows = [r for r in read_records(folder, FEEDBACK, last) if last is None or r["ts"] > last]

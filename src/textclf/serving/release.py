@@ -16,6 +16,10 @@ from pathlib import Path
 
 from textclf.config import Config
 from textclf.errors import TextclfError
+from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
+from textclf.tracking import registry as R
+from textclf.tracking.pyfunc import served_model_dir
+from textclf.tracking.store import client
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,6 @@ class PackageResult:
 
 
 def _version(c: object, model: str, ref: str) -> str:
-    from textclf.gate import registry as R
-
     if ref.isdigit():
         R.require_version(c, model, ref)  # type: ignore[arg-type]
         return ref
@@ -41,15 +43,13 @@ def _version(c: object, model: str, ref: str) -> str:
 
 
 def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
-    from textclf.gate.registry import GATE_DECISION
-
     mv = c.get_model_version(model, version)  # type: ignore[attr-defined]
     tags = c.get_run(mv.run_id).data.tags if mv.run_id else {}  # type: ignore[attr-defined]
     labels = {
         "registered_model": model,
         "registered_version": version,
         "mlflow_run_id": mv.run_id,
-        "gate_decision_id": (mv.tags or {}).get(GATE_DECISION),
+        "gate_decision_id": (mv.tags or {}).get(R.GATE_DECISION),
     }
     for key, value in tags.items():
         if key.startswith("textclf.") and not key.startswith(("textclf.gate", "textclf.dvc_lock")):
@@ -59,11 +59,6 @@ def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
 
 def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
     """Import the referenced registry version into BentoML and build the Bento (offline)."""
-    from textclf.gate.registry import BENTO_TAG
-    from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
-    from textclf.tracking.pyfunc import served_model_dir
-    from textclf.tracking.store import client
-
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = _version(c, model, ref or cfg.serve.registry_ref)
     labels = lineage_labels(c, model, version)
@@ -71,17 +66,14 @@ def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
         model_dir = served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
         model_tag = import_model_dir(model_dir, cfg.serve.model_store_name, labels)
     bento_tag = build_bento(model_tag, cfg.serve, root, labels)
-    c.set_model_version_tag(model, version, BENTO_TAG, bento_tag)
+    c.set_model_version_tag(model, version, R.BENTO_TAG, bento_tag)
     log.info("packaged %s v%s as bento %s", model, version, bento_tag)
     return PackageResult(bento_tag, model_tag, version, str(dockerfile_path(bento_tag)))
 
 
 def champion_bento(cfg: Config, root: Path) -> str:
     """The Bento built from the current champion (packaging it first if it has none yet)."""
-    from textclf.gate.registry import BENTO_TAG, CHAMPION
-    from textclf.tracking.store import client
-
     c, model = client(cfg, root), cfg.mlflow.registered_model
-    version = _version(c, model, CHAMPION)
-    tag = (c.get_model_version(model, version).tags or {}).get(BENTO_TAG)
+    version = _version(c, model, R.CHAMPION)
+    tag = (c.get_model_version(model, version).tags or {}).get(R.BENTO_TAG)
     return tag or package(cfg, root, version).bento_tag

@@ -22,7 +22,8 @@ from bentoml.exceptions import ServiceUnavailable, UnprocessableEntity
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from textclf.serving.records import FEEDBACK, TRAFFIC, Recorder, now
+from textclf.contracts import ENV_MONITORING_DIR, now
+from textclf.serving.records import FEEDBACK, TRAFFIC, Recorder
 from textclf.serving.schemas import (
     BatchingInfo,
     FeedbackAck,
@@ -80,7 +81,7 @@ class TextClassifier:
         self.info = stored.info
         # The runtime (and its ONNX file) was chosen at packaging: textclf_runtime.json in the directory.
         self.predictor = Predictor(Path(stored.path), threads=SETTINGS.torch_threads)
-        folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or MONITORING.dir).resolve()
+        folder = Path(os.environ.get(ENV_MONITORING_DIR) or MONITORING.dir).resolve()
         rotate = int(MONITORING.rotate_mb * 2**20)
         self.traffic = (
             Recorder(folder, TRAFFIC, MONITORING.queue_size, rotate) if MONITORING.enabled else None

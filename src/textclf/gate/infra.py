@@ -23,7 +23,11 @@ import httpx
 import numpy as np
 
 from textclf.config import Config
+from textclf.gate.behaviour import cases_for
+from textclf.model.predictor import Predictor
 from textclf.serving.package import ServeFailed, served
+from textclf.serving.release import package
+from textclf.tracking.pyfunc import served_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +112,6 @@ def validate_candidate(
 ) -> tuple[InfraResult, str]:
     """Package registry ``version``'s Bento and validate it against the same model's offline predictions
     on the golden set: ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
-    from textclf.gate.behaviour import cases_for
-    from textclf.model.predictor import Predictor
-    from textclf.serving.release import package
-    from textclf.tracking.pyfunc import served_model_dir
 
     icfg = cfg.gate.infra_validation
     bento = package(cfg, root, version).bento_tag
