@@ -16,8 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 
 from textclf.config import load_config
+from textclf.drift import monitor
 from textclf.env import configure_environment
-from textclf.monitor import monitor
 
 
 @flow(name="monitor", log_prints=True)

@@ -182,18 +182,18 @@ def test_stage_deps_cover_every_module_the_stage_imports(repo_root: Path, stage:
 
 
 def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Path) -> None:
-    from textclf import pipeline
+    from textclf import repro
 
-    assert pipeline.changed(project) == []
+    assert repro.changed(project) == []
     params = project / "params.yaml"
     params.write_text("# a comment that changes no value\n" + params.read_text())
-    assert pipeline.changed(project) == []  # DVC compares param values, not bytes
-    assert not any(pipeline.reproduce(project, s) for s in pipeline.stage_names(project))
+    assert repro.changed(project) == []  # DVC compares param values, not bytes
+    assert not any(repro.reproduce(project, s) for s in repro.stage_names(project))
 
     plots = project / "src" / "textclf" / "evaluate" / "plots.py"
     plots.write_text(plots.read_text() + "\n# a change in a module evaluate imports\n")
-    assert pipeline.changed(project) == ["evaluate"]
-    ran = {s: pipeline.reproduce(project, s) for s in pipeline.stage_names(project)}
+    assert repro.changed(project) == ["evaluate"]
+    ran = {s: repro.reproduce(project, s) for s in repro.stage_names(project)}
     assert ran == {
         "validate_raw": False,
         "prepare": False,
@@ -201,4 +201,4 @@ def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Pa
         "train": False,
         "evaluate": True,
     }
-    assert pipeline.changed(project) == []
+    assert repro.changed(project) == []

@@ -217,7 +217,7 @@ def test_monitor_replayed_test_traffic_is_not_drift_news_is(
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
     from textclf.data.prepare import read_split
-    from textclf.monitor import monitor
+    from textclf.drift import monitor
     from textclf.tracking.store import client
 
     cfg = load_config(project / "params.yaml")

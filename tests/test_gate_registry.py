@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
-from textclf.gate.run import GateRejected, promote, rollback, run_gate  # noqa: E402
+from textclf.gate.promotion import GateRejected, promote, rollback, run_gate  # noqa: E402
 from textclf.model.predictor import Preprocessing  # noqa: E402
 from textclf.tracking import registry as R  # noqa: E402
 from textclf.tracking.pyfunc import log_pyfunc_model  # noqa: E402

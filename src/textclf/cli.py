@@ -160,7 +160,7 @@ def gate(
     """Judge a candidate against @champion on the current test split and promote it if every criterion
     passes. The decision record goes to ``<paths.reports>/gate/`` and to the candidate's run; exits 5
     when not promoted."""
-    from textclf.gate.run import run_gate
+    from textclf.gate.promotion import run_gate
 
     outcome = run_gate(cfg(), root(), run_id=run_id, version=version, dry_run=dry_run)
     out.print(outcome.decision.to_markdown(), markup=False)
@@ -182,7 +182,7 @@ def promote(
     force: Annotated[bool, typer.Option("--force", help="Skip the gate (recorded as forced).")] = False,
 ) -> None:
     """Make VERSION the champion: through the gate (exits 5 if it does not pass), or with --force."""
-    from textclf.gate.run import promote as do_promote
+    from textclf.gate.promotion import promote as do_promote
 
     c = cfg()
     result = do_promote(c, root(), version, force=force, reason=reason)
@@ -194,7 +194,7 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded on both versions).")] = "manual rollback",
 ) -> None:
     """Swap @champion and @previous-champion and re-point serving at the restored version's Bento."""
-    from textclf.gate.run import rollback as do_rollback
+    from textclf.gate.promotion import rollback as do_rollback
 
     c = cfg()
     out.print(f"{do_rollback(c, root(), reason)}; {_serving_line(c)}", markup=False)
@@ -288,7 +288,7 @@ def monitor(
     """Compare the traffic the service recorded with the champion's training data (length PSI, n-gram
     and predicted-class divergence, [UNK] rate, confidence). Writes <paths.reports>/monitoring/report.md
     and a monitoring run in MLflow; exits 5 when the data drifted."""
-    from textclf.monitor import monitor as run_monitor
+    from textclf.drift import monitor as run_monitor
 
     report = run_monitor(cfg(), root(), since)
     out.print(report.markdown(), markup=False)
@@ -305,7 +305,7 @@ def package(
 ) -> None:
     """Build a Bento (offline) from a registry version, with its lineage as labels, and record the tag on
     the version. With --image, also build its OCI image with bentoml containerize (see docs/images.md)."""
-    from textclf.serving.release import package as do_package
+    from textclf.serving.release import package_version as do_package
 
     result = do_package(cfg(), root(), ref)
     out.print(f"bento {result.bento_tag} (v{result.version}, model {result.model_tag})", markup=False)

@@ -445,7 +445,7 @@ class FlowConfig(_Frozen):
 
 
 class MonitorConfig(_Frozen):
-    """Drift thresholds of `textclf monitor` (see textclf.monitor); a measure above its threshold is drift."""
+    """Drift thresholds of `textclf monitor` (see textclf.drift); a measure above its threshold is drift."""
 
     length_psi: float = Field(default=0.2, ge=0.0)
     ngram_js: float = Field(default=0.1, ge=0.0, le=1.0)

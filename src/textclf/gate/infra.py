@@ -26,7 +26,7 @@ from textclf.config import Config
 from textclf.gate.behaviour import cases_for
 from textclf.model.predictor import Predictor
 from textclf.serving.package import ServeFailed, served
-from textclf.serving.release import package
+from textclf.serving.release import package_version
 from textclf.tracking.pyfunc import served_model_dir
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def validate_candidate(
     on the golden set: ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
 
     icfg = cfg.gate.infra_validation
-    bento = package(cfg, root, version).bento_tag
+    bento = package_version(cfg, root, version).bento_tag
     texts = [
         *test_texts[: icfg.golden_texts],
         *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),

@@ -57,7 +57,7 @@ def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
     return {k: str(v) for k, v in labels.items() if v is not None}
 
 
-def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
+def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
     """Import the referenced registry version into BentoML and build the Bento (offline)."""
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = _version(c, model, ref or cfg.serve.registry_ref)
@@ -76,4 +76,4 @@ def champion_bento(cfg: Config, root: Path) -> str:
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = _version(c, model, R.CHAMPION)
     tag = (c.get_model_version(model, version).tags or {}).get(R.BENTO_TAG)
-    return tag or package(cfg, root, version).bento_tag
+    return tag or package_version(cfg, root, version).bento_tag

@@ -126,7 +126,7 @@ class DriftReport:
         )
 
 
-def compare(
+def measure_drift(
     records: list[dict[str, Any]],
     train: pd.DataFrame,
     reference: pd.DataFrame,
@@ -193,7 +193,7 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
                 f"monitor.min_records {cfg.monitor.min_records}"
             )
         else:
-            report.values, report.drifted = compare(records, train, reference, tokenizer, labels, cfg)
+            report.values, report.drifted = measure_drift(records, train, reference, tokenizer, labels, cfg)
     out = root / cfg.paths.reports / "monitoring"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.markdown(), encoding="utf-8")

@@ -138,7 +138,7 @@ def run_gate(
         message = _message(decision, cand, champion, dry_run, promoted, error)
         record = _write_record(cfg, root, decision, cand, champion, digest, notes, message, dry_run)
         if not dry_run:
-            _publish(c, model, cand, ch.run_id, decision, record, decided_at)
+            _record_on_registry(c, model, cand, ch.run_id, decision, record, decided_at)
     if error is not None:
         raise error
     return GateOutcome(decision, cand, promoted, message, record, notes, bento)
@@ -226,7 +226,7 @@ def _write_record(
     return out / f"{stem}.json"
 
 
-def _publish(
+def _record_on_registry(
     c: MlflowClient, model: str, version: str, run_id: str | None, decision: Decision, record: Path, at: str
 ) -> None:
     """The record on the candidate's run; result, reason and a link to the record on its version."""
