@@ -461,7 +461,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from textclf.config import config_from_dict
-from textclf.gate import run as gate_run
+from textclf.gate import promotion as gate_run
 from textclf.tracking.registry import PromotionConflict
 
 cfg_path, root, version, barrier = sys.argv[1:5]

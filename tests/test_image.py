@@ -158,8 +158,8 @@ def _run_container(image: dict) -> tuple[str, str, float]:
 def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> None:
     from textclf.config import load_config
     from textclf.model.predictor import Predictor
+    from textclf.serving.release import served_model_dir
     from textclf.tracking import registry as R
-    from textclf.tracking.pyfunc import served_model_dir
     from textclf.tracking.store import client
 
     cfg = load_config(image["proj"] / "params.yaml")

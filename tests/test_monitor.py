@@ -14,9 +14,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from textclf.config import Config, TokenizerConfig  # noqa: E402
+from textclf.contracts import now  # noqa: E402
 from textclf.drift import label_js, measure_drift, ngram_js, psi  # noqa: E402
 from textclf.model.tokenizer import build_char_tokenizer  # noqa: E402
-from textclf.contracts import now  # noqa: E402
 from textclf.serving.records import TRAFFIC, Recorder, read_records  # noqa: E402
 from train_fixtures import make_frame  # noqa: E402
 

@@ -234,13 +234,22 @@ def registry_history() -> None:
     _table(history(client(c, root()), c.mlflow.registered_model), f"{c.mlflow.registered_model} history")
 
 
+def _stack() -> Any:
+    """The supervisor in flows/stack.py: a developer and test tool beside the flows, not library code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("textclf_stack", root() / "flows" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Stack(root())
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start every stack service that is not running (state in .stack/) and print the variables a
     client exports; `source .stack/env` does the same."""
-    from textclf.stack import Stack
-
-    stack = Stack(root())
+    stack = _stack()
     stack.up()
     out.print(stack.describe(), markup=False)
 
@@ -248,9 +257,8 @@ def stack_up() -> None:
 @stack_app.command("status")
 def stack_status() -> None:
     """Which stack services run, their URLs and the client variables."""
-    from textclf.stack import Stack
 
-    out.print(Stack(root()).describe(), markup=False)
+    out.print(_stack().describe(), markup=False)
 
 
 @stack_app.command("down")
@@ -259,9 +267,7 @@ def stack_down(
 ) -> None:
     """Stop every stack service by process group. Data stays in .stack/ unless --purge (moto keeps
     S3 in memory: its objects go with it)."""
-    from textclf.stack import Stack
-
-    stack = Stack(root())
+    stack = _stack()
     stack.down(purge)
     out.print(stack.describe(), markup=False)
 

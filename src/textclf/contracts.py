@@ -58,6 +58,12 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def read_run_record(training_dir: Path) -> dict[str, str] | None:
+    """``<paths.training>/mlflow_run.json`` (run_id, model_uri), written by the train stage; None before."""
+    path = training_dir / RUN_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Sorted, indented UTF-8 JSON (diffable under DVC and git); creates the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,7 @@ class RunResult:
 
 def current_run(cfg: Config, root: Path) -> dict[str, str] | None:
     """The MLflow run of the workspace's training (written by the train stage)."""
-    path = root / cfg.paths.training / C.RUN_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return C.read_run_record(root / cfg.paths.training)
 
 
 def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:

@@ -3,11 +3,14 @@
 ``dvc.yaml`` runs them through the CLI (``textclf <stage>``); nothing here holds ML logic. Files each
 stage writes are its DVC outputs (see dvc.yaml); ``train`` also opens the training's MLflow run and
 records its id in ``<paths.training>/mlflow_run.json``, which ``evaluate`` reads to log into the same run.
+
+Each ``run_<stage>`` imports what it uses inside its body: a stage's DVC deps (dvc.yaml) are the modules
+it imports, so an edit to training code re-runs train and evaluate, not the validations
+(tests/test_dvc_pipeline.py checks the deps cover the imports).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,14 +19,7 @@ from typing import Any
 from textclf import contracts as C
 from textclf.config import Config
 from textclf.data.io import read_table
-from textclf.data.prepare import read_split
-from textclf.data.prepare import run_prepare as prepare
-from textclf.errors import ValidationFailed
-from textclf.evaluate.report import evaluate_model_and_baseline
-from textclf.tracking.run import log_evaluation, log_model, reopened_run, step_metrics, training_run
-from textclf.train.data import training_fingerprint
-from textclf.train.trainer import effective_config, prepare_checkpoint_dir, train_model
-from textclf.validation.suites import validate_prepared, validate_raw
+from textclf.errors import ModelSourceError, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +27,7 @@ log = logging.getLogger(__name__)
 def run_validate_raw(cfg: Config, root: Path) -> None:
     """Great Expectations over ``paths.raw``; reports in ``<paths.reports>/raw``; raises on blocking
     failures."""
+    from textclf.validation.suites import validate_raw
 
     frame = read_table(root / cfg.paths.raw, cfg.data.format)
     report = validate_raw(frame, cfg.data, cfg.validation, root / cfg.paths.reports / "raw")
@@ -39,13 +36,26 @@ def run_validate_raw(cfg: Config, root: Path) -> None:
 
 
 def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
-    """Normalize, drop empties and label conflicts, dedup, split: ``paths.raw`` → ``paths.prepared``."""
+    """Normalize, drop empties and label conflicts, dedup, split: ``paths.raw`` (and ``paths.feedback``
+    when present, train only) → ``paths.prepared``."""
+    from textclf.data.prepare import prepare, write_prepared
 
-    return prepare(cfg, root)
+    raw, feedback = root / cfg.paths.raw, root / cfg.paths.feedback
+    extra = read_table(feedback, "csv") if feedback.is_file() else None
+    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare, extra)
+    manifest = write_prepared(prepared, root / cfg.paths.prepared, cfg.paths.raw, raw)
+    log.info(
+        "prepared %d rows → %s (dropped: %s)",
+        manifest["rows_out"],
+        {k: v["rows"] for k, v in manifest["splits"].items()},
+        manifest["dropped"],
+    )
+    return manifest
 
 
 def run_validate_prepared(cfg: Config, root: Path) -> None:
     """Great Expectations over the three splits; reports in ``<paths.reports>/prepared``."""
+    from textclf.validation.suites import validate_prepared
 
     splits = {s: read_table(root / cfg.paths.prepared / C.split_file(s), "parquet") for s in C.SPLITS}
     report = validate_prepared(splits, cfg.data, cfg.validation, root / cfg.paths.reports / "prepared")
@@ -56,6 +66,10 @@ def run_validate_prepared(cfg: Config, root: Path) -> None:
 def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     """Train on train, select on val, log it all to one MLflow run. Every torchrun rank calls this;
     rank 0 alone logs and writes. Returns the run record on rank 0."""
+    from textclf.data.prepare import read_split
+    from textclf.tracking.run import log_model, step_metrics, training_run
+    from textclf.train.data import training_fingerprint
+    from textclf.train.trainer import effective_config, prepare_checkpoint_dir, train_model
 
     cfg = effective_config(cfg)  # what is logged is what trains (GPU profile applied)
     splits = {s: read_split(root / cfg.paths.prepared, s) for s in ("train", "val")}
@@ -121,8 +135,13 @@ def training_progress(artifact_id: str) -> Any:
 
 def run_evaluate(cfg: Config, root: Path) -> dict[str, Any]:
     """Score the model and the baseline on test (the only reader of it), in the training's MLflow run."""
+    from textclf.data.prepare import read_split
+    from textclf.evaluate.report import evaluate_model_and_baseline
+    from textclf.tracking.run import log_evaluation, reopened_run
 
-    run = json.loads((root / cfg.paths.training / C.RUN_FILE).read_text(encoding="utf-8"))
+    run = C.read_run_record(root / cfg.paths.training)
+    if run is None:
+        raise ModelSourceError(f"no {C.RUN_FILE} in {cfg.paths.training}: run the train stage first")
     with reopened_run(cfg, root, run["run_id"]):
         result = evaluate_model_and_baseline(
             cfg, root / cfg.paths.model, root / cfg.paths.prepared, root / cfg.paths.evaluation

@@ -1,6 +1,7 @@
 """The prepare stage: normalize, drop empties, resolve label conflicts, dedup, stratified split.
 
-Each step is a small pure function over a DataFrame; ``run_prepare`` is the only one doing I/O.
+Each step is a small pure function over a DataFrame; the stage (``textclf.stages.run_prepare``) reads and
+writes, through ``write_prepared`` and ``read_split`` here.
 The split is assigned per *normalized text*, after dedup, so a text can land in exactly one split:
 the train/test leak is impossible by construction, and ``assert_disjoint`` re-checks it.
 """
@@ -19,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from textclf import contracts as C
-from textclf.config import Config, DataConfig, NormalizeConfig, PrepareConfig
-from textclf.data.io import read_table
+from textclf.config import DataConfig, NormalizeConfig, PrepareConfig
 from textclf.data.normalize import normalize
 from textclf.errors import DataError
 
@@ -263,18 +263,3 @@ def split_digest(frame: pd.DataFrame) -> str:
     for row in sorted(zip(frame["id"], frame["text"], frame["label"], strict=True)):
         h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
     return h.hexdigest()
-
-
-def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
-    """The DVC stage: read ``paths.raw`` (and ``paths.feedback`` when present), write ``paths.prepared``."""
-    raw, feedback = Path(root) / cfg.paths.raw, Path(root) / cfg.paths.feedback
-    extra = read_table(feedback, "csv") if feedback.is_file() else None
-    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare, extra)
-    manifest = write_prepared(prepared, Path(root) / cfg.paths.prepared, cfg.paths.raw, raw)
-    log.info(
-        "prepared %d rows → %s (dropped: %s)",
-        manifest["rows_out"],
-        {k: v["rows"] for k, v in manifest["splits"].items()},
-        manifest["dropped"],
-    )
-    return manifest

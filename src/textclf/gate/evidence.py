@@ -24,7 +24,7 @@ from textclf.evaluate.variants import latency_p95_ms
 from textclf.gate.behaviour import run_behaviour_checks
 from textclf.gate.decision import Evidence
 from textclf.model.predictor import Predictor
-from textclf.tracking.pyfunc import served_model_dir
+from textclf.serving.release import served_model_dir
 from textclf.tracking.run import BASELINE_MACRO_F1, TAG_DIGEST_PREFIX, TRAIN_IDS_ARTIFACT
 
 log = logging.getLogger(__name__)

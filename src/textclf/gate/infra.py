@@ -26,8 +26,7 @@ from textclf.config import Config
 from textclf.gate.behaviour import cases_for
 from textclf.model.predictor import Predictor
 from textclf.serving.package import ServeFailed, served
-from textclf.serving.release import package_version
-from textclf.tracking.pyfunc import served_model_dir
+from textclf.serving.release import package_version, served_model_dir
 
 log = logging.getLogger(__name__)
 

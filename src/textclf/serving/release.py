@@ -9,16 +9,25 @@ recorded on the version (``textclf.bento_tag``).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
+from textclf.evaluate.variants import resolve_runtime
+from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
-from textclf.tracking.pyfunc import served_model_dir
+from textclf.tracking.pyfunc import download_model_dir
 from textclf.tracking.store import client
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,34 @@ def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
         if key.startswith("textclf.") and not key.startswith(("textclf.gate", "textclf.dvc_lock")):
             labels[key.removeprefix("textclf.").replace(".", "_")] = value
     return {k: str(v) for k, v in labels.items() if v is not None}
+
+
+def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, dst: Path) -> Path:
+    """Registry ``version``'s model directory set up to run what ``runtime`` (``serve.runtime``) resolves
+    to among its run's variants: the ONNX file beside the weights, and ``textclf_runtime.json`` naming
+    the runtime with its parity figures. Packaging, infra validation and the gate all load this: the
+    runtime is resolved here, once, and reaches the service only as that file."""
+
+    mv = c.get_model_version(model, version)
+    model_dir = download_model_dir(c, str(mv.source), dst / "model")
+    variants: dict[str, Any] = {}
+    if runtime != "torch" and mv.run_id:
+        try:
+            path = c.download_artifacts(
+                mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{C.PARITY_FILE}", str(dst)
+            )
+            variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
+        except (MlflowException, OSError):
+            log.info("v%s has no variants: it is served on torch", version)
+    name = resolve_runtime(runtime, variants)
+    if name in ONNX_FILES:
+        path = c.download_artifacts(
+            mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{ONNX_FILES[name]}", str(dst)
+        )
+        shutil.copyfile(path, model_dir / ONNX_FILES[name])
+    figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
+    (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
+    return model_dir
 
 
 def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:

@@ -120,7 +120,8 @@ class TextClassifier:
         """
         # `texts` is the concatenation of one or more requests' lists (adaptive batching).
         log.debug("batch of %d texts", len(texts))
-        preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size)
+        # `texts` arrive normalized by the request type's validator (Texts).
+        preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size, normalized=True)
         if self.traffic is not None:
             self._record(texts, preds)
         return [

@@ -9,9 +9,7 @@ to unpickle pyfunc objects by default.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +19,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import textclf
-from textclf import contracts as C
 from textclf.errors import DataError
-from textclf.evaluate.variants import resolve_runtime
-from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE, Predictor
+from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -152,33 +147,6 @@ def log_pyfunc_model(
             pip_requirements=pip_requirements(),
             code_paths=[str(textclf_code_path())],
         )
-
-
-def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, dst: Path) -> Path:
-    """Registry ``version``'s model directory set up to run what ``runtime`` (``serve.runtime``) resolves
-    to among its run's variants: the ONNX file beside the weights, and ``textclf_runtime.json`` naming
-    the runtime with its parity figures. Package, infra validation and the gate all load this."""
-
-    mv = c.get_model_version(model, version)
-    model_dir = download_model_dir(c, str(mv.source), dst / "model")
-    variants: dict[str, Any] = {}
-    if runtime != "torch" and mv.run_id:
-        try:
-            path = c.download_artifacts(
-                mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{C.PARITY_FILE}", str(dst)
-            )
-            variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
-        except (MlflowException, OSError):
-            log.info("v%s has no variants: it is served on torch", version)
-    name = resolve_runtime(runtime, variants)
-    if name in ONNX_FILES:
-        path = c.download_artifacts(
-            mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{ONNX_FILES[name]}", str(dst)
-        )
-        shutil.copyfile(path, model_dir / ONNX_FILES[name])
-    figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
-    (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
-    return model_dir
 
 
 def download_model_dir(c: MlflowClient, source: str, dst: Path) -> Path:
