@@ -89,12 +89,13 @@ def texts_type(max_texts: int, max_chars: int, normalize_cfg: NormalizeConfig) -
 
 
 def text_type(max_chars: int, normalize_cfg: NormalizeConfig) -> Any:
-    """One text with the same checks as an item of ``texts`` (413 too long, 422 empty or NUL)."""
+    """One text with the same checks as an item of ``texts`` (413 too long, 422 empty or NUL); kept as
+    sent (feedback is stored verbatim; the import normalizes it with the training data)."""
     check = _text_checker(1, max_chars, normalize_cfg)
     return Annotated[
         str,
         Field(description=f"One text of at most {max_chars} characters", examples=[EXAMPLE_TEXTS[0]]),
-        AfterValidator(lambda text: check([text])[0]),
+        AfterValidator(lambda text: check([text]) and text),
     ]
 
 
