@@ -35,8 +35,9 @@ import hmac
 import json
 import math
 import os
+import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +72,12 @@ def submitter() -> str | None:
 
 def sha256_hex(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue(scopes: Iterable[ScopeName], **limits: float) -> tuple[str, dict[str, Any]]:
+    """A new random token and its entry for the tokens JSON (which holds only the token's hash)."""
+    token = secrets.token_urlsafe(32)
+    return token, {"token_sha256": sha256_hex(token), "scopes": sorted(set(scopes)), **limits}
 
 
 class TokenEntry(BaseModel):
