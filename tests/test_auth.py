@@ -216,3 +216,33 @@ def test_a_name_in_both_sources_is_an_error(tmp_path) -> None:  # noqa: ANN001
         auth.load_tokens(env)
     with pytest.raises(ConfigError, match="cannot read"):
         auth.load_tokens({auth.TOKENS_FILE_ENV: str(tmp_path / "missing.json")})
+
+
+@pytest.mark.parametrize(
+    "host, tokens, expected", [("127.0.0.1", "", "none"), ("0.0.0.0", "", None), ("127.0.0.1", "t", None)]
+)
+def test_textclf_serve_on_loopback_without_tokens_serves_without_auth_and_warns(
+    host: str,
+    tokens: str,
+    expected: str | None,
+    repo_root,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    from typer.testing import CliRunner
+
+    from textclf import cli
+    from textclf.serving import release
+
+    for var in (auth.TOKENS_FILE_ENV, auth.AUTH_ENV):
+        monkeypatch.delenv(var, raising=False)
+    entry = {"ops": {"token": tokens, "scopes": ["read"]}} if tokens else {}
+    monkeypatch.setenv(auth.TOKENS_ENV, json.dumps(entry))
+    monkeypatch.chdir(repo_root)
+    monkeypatch.setattr(release, "champion_bento", lambda *_: "textclf:v1")
+    execs: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda _, cmd, env: execs.append((cmd, env)))
+    result = CliRunner().invoke(cli.app, ["serve", "--host", host])
+    assert result.exit_code == 0, result.output
+    ((cmd, env),) = execs
+    assert cmd[cmd.index("--host") + 1] == host and env.get(auth.AUTH_ENV) == expected
+    assert ("WITHOUT authentication" in result.output) == (expected == "none")

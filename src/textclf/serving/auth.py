@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
@@ -136,6 +137,14 @@ def auth_mode(settings: ServeConfig, environ: MutableMapping[str, str] | None = 
     if mode not in ("tokens", "none"):
         raise ConfigError(f"{AUTH_ENV}={mode!r}: expected tokens or none")
     return mode
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: where ``textclf serve`` may do without tokens."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_startup(settings: ServeConfig, environ: MutableMapping[str, str] | None = None) -> None:
