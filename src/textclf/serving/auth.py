@@ -43,7 +43,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from textclf.config import ServeConfig
 from textclf.errors import ConfigError
@@ -86,21 +86,27 @@ class TokenEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    token: str | None = Field(default=None, min_length=1, repr=False)
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: frozenset[ScopeName] = Field(min_length=1)
     rate_limit_per_minute: float | None = Field(default=None, gt=0.0)
     rate_limit_burst: int | None = Field(default=None, ge=1)
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> TokenEntry:
-        if (self.token is None) == (self.token_sha256 is None):
-            raise ValueError("give exactly one of token_sha256 and token")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_a_plain_token(cls, data: Any) -> Any:
+        """``{"token": ...}`` becomes its hash as it is read: only hashes are kept and compared."""
+        if isinstance(data, dict) and "token" in data:
+            if "token_sha256" in data:
+                raise ValueError("give token_sha256 or token, not both")
+            if not isinstance(data["token"], str) or not data["token"]:
+                raise ValueError("token must be a non-empty string")
+            data = {k: v for k, v in data.items() if k != "token"} | {
+                "token_sha256": sha256_hex(data["token"])
+            }
+        return data
 
-    @property
-    def digest(self) -> str:
-        return self.token_sha256 or sha256_hex(self.token or "")
+
+_TOKENS = TypeAdapter(dict[str, TokenEntry])
 
 
 def load_tokens(environ: MutableMapping[str, str] | None = None) -> dict[str, TokenEntry]:
@@ -119,11 +125,13 @@ def load_tokens(environ: MutableMapping[str, str] | None = None) -> dict[str, To
     tokens: dict[str, TokenEntry] = {}
     for where, text in sources:
         try:
-            raw = json.loads(text)
-            if not isinstance(raw, dict):
-                raise ValueError("expected a JSON object of name -> {token_sha256, scopes}")
-            entries = {str(name): TokenEntry.model_validate(entry) for name, entry in raw.items()}
-        except (ValueError, ValidationError) as err:  # JSONDecodeError is a ValueError
+            entries = _TOKENS.validate_python(json.loads(text))
+        except ValidationError as err:  # named by place, never with the input (it may hold a token)
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False)
+            )
+            raise ConfigError(f"{where}: {problems}") from None
+        except ValueError as err:  # JSONDecodeError: the position, not the text
             raise ConfigError(f"{where}: {err}") from None
         if clash := tokens.keys() & entries.keys():
             raise ConfigError(f"{where}: token names {sorted(clash)} are configured twice")
@@ -236,7 +244,7 @@ class ServiceGuard:
         digest = sha256_hex(presented.strip())
         name = None
         for candidate, entry in self.tokens.items():  # every entry compared: no early exit
-            if hmac.compare_digest(digest, entry.digest):
+            if hmac.compare_digest(digest, entry.token_sha256):
                 name = candidate
         if name is None:
             return None, (401, "invalid bearer token", challenge)
