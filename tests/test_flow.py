@@ -365,6 +365,7 @@ def five_class_corpus(seed: int = 0) -> pd.DataFrame:
 
 def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, repo_root: Path) -> None:
     from textclf.evaluate.variants import resolve_runtime
+    from textclf.serving import auth
     from textclf.serving.package import served
 
     overrides = {
@@ -387,9 +388,15 @@ def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, rep
     parity = json.loads((proj / "artifacts/eval/variants/parity.json").read_text())["variants"]
     expected = resolve_runtime("auto", parity)
     assert {"int8", "onnx", "onnx-int8"} <= set(metrics["variants"])
-    with served(result.bento, tmp_path / "serve.log") as base:
-        resp = httpx.post(f"{base}/classify", json={"texts": ["这个东西好棒", "客服太慢"]}, timeout=30)
-        meta = httpx.get(f"{base}/metadata", timeout=30).json()
+    token, entry = auth.issue(["classify", "read"])
+    headers = {"authorization": f"Bearer {token}"}
+    with served(
+        result.bento, tmp_path / "serve.log", env={auth.TOKENS_ENV: json.dumps({"flow": entry})}
+    ) as base:
+        resp = httpx.post(
+            f"{base}/classify", json={"texts": ["这个东西好棒", "客服太慢"]}, headers=headers, timeout=30
+        )
+        meta = httpx.get(f"{base}/metadata", headers=headers, timeout=30).json()
     assert resp.status_code == 200, resp.text
     assert [len(p["probabilities"]) for p in resp.json()] == [5, 5]
     assert meta["runtime"] == expected

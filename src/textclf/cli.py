@@ -328,15 +328,26 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: serve.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: serve.port.")] = None,
 ) -> None:
-    """Serve a Bento with ``bentoml serve``: by default the one built from the current champion."""
+    """Serve a Bento with ``bentoml serve``: by default the one built from the current champion.
+
+    Callers need a bearer token (docs/operations.md); with no token configured and a loopback address,
+    it serves without authentication (TEXTCLF_SERVE_AUTH=none) and says so."""
+    from textclf.serving import auth
     from textclf.serving.package import serve_command
     from textclf.serving.release import champion_bento
 
     c = cfg()
     tag = tag or champion_bento(c, root())
-    cmd = serve_command(tag, host or c.serve.host, port or c.serve.port)
-    err.print(f"serving {tag} on http://{host or c.serve.host}:{port or c.serve.port}")
-    os.execvpe(cmd[0], cmd, dict(os.environ))
+    host, env = host or c.serve.host, dict(os.environ)
+    if auth.is_loopback(host) and not env.get(auth.AUTH_ENV) and not auth.load_tokens(env):
+        env[auth.AUTH_ENV] = "none"
+        err.print(
+            f"warning: no token configured ({auth.TOKENS_ENV} / {auth.TOKENS_FILE_ENV}): serving on {host} "
+            "WITHOUT authentication; anyone on this machine can classify and send feedback"
+        )
+    cmd = serve_command(tag, host, port or c.serve.port)
+    err.print(f"serving {tag} on http://{host}:{port or c.serve.port}")
+    os.execvpe(cmd[0], cmd, env)
 
 
 @app.command()

@@ -413,6 +413,16 @@ class ServeConfig(_Frozen):
     # torch when none did); a named variant must have passed it.
     runtime: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = "auto"
     monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
+    # Who may call (textclf.serving.auth): bearer tokens with scopes from the environment, or none
+    # (the service then refuses nothing; env TEXTCLF_SERVE_AUTH overrides this at serve time).
+    auth: Literal["tokens", "none"] = "tokens"
+    # Checked before the body is read: a larger body -> 413. Leave room for max_texts_per_request x
+    # max_chars_per_text as JSON \u escapes (6 bytes a character).
+    max_body_kb: int = Field(default=2048, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)  # requests in flight (split over workers); more -> 503
+    # Token bucket per token name and worker: refills rate_limit_per_minute, holds rate_limit_burst.
+    rate_limit_per_minute: float = Field(default=600.0, gt=0.0)
+    rate_limit_burst: int = Field(default=60, ge=1)
 
 
 class TaskPolicy(_Frozen):

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -141,9 +141,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(bento_tag: str, log_path: Path, timeout_s: float = 120.0) -> Iterator[str]:
+def served(
+    bento_tag: str, log_path: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """A real ``bentoml serve`` of ``bento_tag`` on a free loopback port, in its own process group;
-    yields its base URL once ``/readyz`` answers, stops the whole group after."""
+    yields its base URL once ``/readyz`` answers, stops the whole group after. ``env`` goes over this
+    process's environment (the service's tokens: textclf.serving.auth)."""
     import httpx
 
     port = free_port()
@@ -154,6 +157,7 @@ def served(bento_tag: str, log_path: Path, timeout_s: float = 120.0) -> Iterator
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     try:
         deadline = time.monotonic() + timeout_s

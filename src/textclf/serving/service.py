@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from textclf.contracts import ENV_MONITORING_DIR, now
+from textclf.serving import auth
 from textclf.serving.records import FEEDBACK, TRAFFIC, Recorder
 from textclf.serving.schemas import (
     BatchingInfo,
@@ -73,6 +74,10 @@ def docs() -> RedirectResponse:
 @bentoml.asgi_app(info_app, path="/")
 class TextClassifier:
     model = MODEL
+
+    @bentoml.on_deployment
+    def refuse_without_tokens() -> None:  # once in `bentoml serve`'s main process, before any worker
+        auth.check_startup(SETTINGS)
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
@@ -165,6 +170,7 @@ class TextClassifier:
         if label not in self.predictor.labels:
             raise UnprocessableEntity(f"label {label!r} is not one of {self.predictor.labels}")
         item = {"ts": now(), "text": text, "label": label, "model_version": model_version or self.tag}
+        item["submitter"] = auth.submitter()  # the token's name (None when serve.auth is none)
         if not self.feedback_log.record(item):
             raise ServiceUnavailable("the feedback store is busy; retry")
         return FeedbackAck(accepted=True, label=label, model_version=item["model_version"])
@@ -191,3 +197,7 @@ class TextClassifier:
                 max_chars_per_text=SETTINGS.max_chars_per_text,
             ),
         )
+
+
+# Tokens and scopes (401/403), rate limits (429), Content-Type (415), body size (413), concurrency (503).
+TextClassifier.add_asgi_middleware(auth.ServiceGuard, settings=SETTINGS, workers=SETTINGS.workers)
