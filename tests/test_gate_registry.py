@@ -383,16 +383,16 @@ def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage) -> None:  # noqa: ANN
     """Test-side fault injection: damage the model directory once it is in the BentoML model store."""
     import bentoml
 
-    from textclf.serving import package
+    from textclf.serving import release
 
-    real = package.import_model_dir
+    real = release.import_model_dir  # where packaging calls it
 
     def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         tag = real(*args, **kwargs)
         damage(Path(bentoml.models.get(tag).path))
         return tag
 
-    monkeypatch.setattr(package, "import_model_dir", tampered)
+    monkeypatch.setattr(release, "import_model_dir", tampered)
 
 
 def test_infra_validation_serves_the_bento_before_promotion(project: dict) -> None:
