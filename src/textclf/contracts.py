@@ -29,6 +29,7 @@ GATE_RECORDS_DIR = "gate"  # <paths.reports>/gate and the candidate run's artifa
 # <paths.evaluation>
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"  # id, text, gold, predicted, correct, confidence, prob_<label>
+PROB_PREFIX = "prob_"  # a class's probability column, here and in the pyfunc model's output
 VARIANTS_DIR = "variants"
 PARITY_FILE = "parity.json"  # <paths.evaluation>/variants: every variant's figures
 

@@ -60,7 +60,7 @@ def predictions_frame(test: pd.DataFrame, proba: np.ndarray, labels: Sequence[st
     frame["correct"] = frame["gold"] == frame["predicted"]
     frame["confidence"] = proba.max(axis=1)
     for j, lab in enumerate(labels):
-        frame[f"prob_{lab}"] = proba[:, j]
+        frame[f"{C.PROB_PREFIX}{lab}"] = proba[:, j]
     return frame.reset_index(drop=True)
 
 

@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import textclf
+from textclf import contracts as C
 from textclf.errors import DataError
 from textclf.model.predictor import Predictor
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 MODEL_DIR_ARTIFACT = "model_dir"
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
-PROB_PREFIX = "prob_"
 
 # The packages the pyfunc imports when it predicts; pinned to what is installed now.
 RUNTIME_PACKAGES = (
@@ -55,12 +55,13 @@ set_model(TextclfPyfunc())
 """
 
 
-def predictions_frame(labels: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
-    """One row per text: the argmax ``label`` and a ``prob_<label>`` column per class."""
+def pyfunc_output(labels: Sequence[str], probs: np.ndarray) -> pd.DataFrame:
+    """The pyfunc's answer, one row per text: the argmax ``label`` and a ``prob_<label>`` column per class
+    (evaluate's predictions file has more columns: :func:`textclf.evaluate.report.predictions_frame`)."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(labels))
     frame = pd.DataFrame({LABEL_COLUMN: [labels[int(i)] for i in probs.argmax(axis=1)]}, dtype=object)
     for j, lab in enumerate(labels):
-        frame[f"{PROB_PREFIX}{lab}"] = probs[:, j]
+        frame[f"{C.PROB_PREFIX}{lab}"] = probs[:, j]
     return frame
 
 
@@ -97,7 +98,7 @@ class TextclfPyfunc(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         predictor = self._predictor
         probs, _ = predictor.predict_proba(_texts(model_input))
-        return predictions_frame(predictor.labels, probs)
+        return pyfunc_output(predictor.labels, probs)
 
 
 def pip_requirements() -> list[str]:
@@ -133,7 +134,7 @@ def log_pyfunc_model(
     examples = [str(t) for t in example_texts] or ["example"]
     predictor = Predictor(model_dir, device="cpu")
     example_in = pd.DataFrame({TEXT_COLUMN: examples})
-    example_out = predictions_frame(predictor.labels, predictor.predict_proba(examples)[0])
+    example_out = pyfunc_output(predictor.labels, predictor.predict_proba(examples)[0])
     signature = infer_signature(example_in, example_out)
     with tempfile.TemporaryDirectory(prefix="textclf-pyfunc-") as tmp:
         code = Path(tmp) / "textclf_pyfunc_model.py"
