@@ -245,8 +245,9 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     pipeline, project: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
+    from textclf.data.feedback import import_feedback
     from textclf.data.prepare import read_split
-    from textclf.serving.records import FEEDBACK, Recorder, import_feedback, now
+    from textclf.serving.records import FEEDBACK, Recorder, now
 
     cfg = load_config(project / "params.yaml")
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))

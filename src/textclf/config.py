@@ -373,6 +373,10 @@ class ServeMonitoringConfig(_Frozen):
     dir: Path = Path("monitoring")
     queue_size: int = Field(default=10_000, ge=1)  # records waiting for the writer; more are dropped
     rotate_mb: float = Field(default=64.0, gt=0.0)
+    # Traffic parts (user text) last written longer ago than this are removed, then the oldest until the
+    # rest fit in max_total_mb; applied when a writer starts and at each rotation. null: no limit.
+    retention_days: float | None = Field(default=30.0, gt=0.0)
+    max_total_mb: float | None = Field(default=2048.0, gt=0.0)
 
 
 class ServeConfig(_Frozen):
