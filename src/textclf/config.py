@@ -6,11 +6,12 @@ receive the sub-config they need. Unknown keys and bad values fail with a messag
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from textclf.errors import ConfigError
 
@@ -48,8 +49,19 @@ class DataConfig(_Frozen):
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
     text_column: str = "text"
     label_column: str = "label"
+    # Text encoding of a csv/jsonl raw file; a file in another one fails, naming the encoding it looks like.
+    encoding: str = "utf-8"
     # None: labels are inferred from the data, reported and recorded by validation.
     labels: tuple[str, ...] | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _labels_distinct(self) -> DataConfig:

@@ -35,7 +35,7 @@ def run_validate_raw(cfg: Config, root: Path) -> None:
     failures."""
     from textclf.validation.suites import validate_raw
 
-    frame = read_table(root / cfg.paths.raw, cfg.data.format)
+    frame = read_table(root / cfg.paths.raw, cfg.data.format, cfg.data.encoding)
     report = validate_raw(frame, cfg.data, cfg.validation, root / cfg.paths.reports / "raw")
     if not report.success:
         raise ValidationFailed(report.summary_text())

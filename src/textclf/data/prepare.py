@@ -266,7 +266,7 @@ def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
     """The DVC stage: read ``paths.raw`` (and ``paths.feedback`` when present), write ``paths.prepared``."""
     raw, feedback = Path(root) / cfg.paths.raw, Path(root) / cfg.paths.feedback
     extra = read_table(feedback, "csv") if feedback.is_file() else None
-    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare, extra)
+    prepared = prepare(read_table(raw, cfg.data.format, cfg.data.encoding), cfg.data, cfg.prepare, extra)
     manifest = write_prepared(prepared, Path(root) / cfg.paths.prepared, cfg.paths.raw, raw)
     log.info(
         "prepared %d rows → %s (dropped: %s)",
