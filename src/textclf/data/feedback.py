@@ -76,12 +76,16 @@ def import_feedback(cfg: Config, root: Path, dvc: bool) -> int:
     folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or root / cfg.serve.monitoring.dir)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
         stale.unlink()
-    old, bad = _read(path), []
-    rows = [_row(r) for r in read_records(folder, FEEDBACK, bad=bad)]
+    old, bad, rows = _read(path), list[str](), list[dict[str, str]]()
+    for record in read_records(folder, FEEDBACK, bad=bad):
+        if isinstance(record.get("text"), str) and isinstance(record.get("label"), str):
+            rows.append(_row(record))
+        else:
+            bad.append(f"record {record.get('id') or record['ts']} without a text or label")
     new = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
     new = new[~new["id"].isin(old["id"])].drop_duplicates("id")
     if bad:
-        log.warning("skipped %d unreadable feedback lines (%s, ...)", len(bad), bad[0])
+        log.warning("skipped %d unreadable feedback records (%s, ...)", len(bad), bad[0])
     if len(new):
         _write(pd.concat([old, new], ignore_index=True), path)
         log.info("added %d feedback rows to %s", len(new), cfg.paths.feedback)

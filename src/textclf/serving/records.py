@@ -224,13 +224,13 @@ def read_records(
                         continue
                     try:
                         item = json.loads(line)
-                        ts = item["ts"]
-                    except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError
+                    except ValueError:  # a torn line; bad UTF-8 (UnicodeDecodeError is a ValueError)
+                        item = None
+                    if not isinstance(item, dict) or not isinstance(item.get("ts"), str):
                         skipped += 1
                         if bad is not None:
                             bad.append(f"{path}:{lineno}")
-                        continue
-                    if not since or ts >= since:
+                    elif not since or item["ts"] >= since:
                         yield item
             if skipped:
                 log.warning("skipped %d unreadable lines in %s", skipped, path)
