@@ -110,9 +110,8 @@ class PartWriter:
             if path is not None:
                 self._part += 1
                 self._clean()
-            path = self.root / f"date={day}" / f"{self.prefix}-{self._part:04d}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._path = path
+            path = self._path = self.root / f"date={day}" / f"{self.prefix}-{self._part:04d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)  # also when someone removed it meanwhile
         return path
 
     def write(self, batch: list[dict[str, Any]], fsync: bool = False) -> None:
