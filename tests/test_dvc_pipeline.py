@@ -241,6 +241,29 @@ def test_feedback_import_by_id_takes_late_records_and_never_twice(feedback_proje
     assert import_feedback(cfg, feedback_project, dvc=True) == 0
     rows = pd.read_csv(feedback_project / cfg.paths.feedback, dtype=str)
     assert rows["id"].tolist() == [first, late] and list(rows.columns[:3]) == ["id", "text", "label"]
+    assert set(rows["review"]) == {"pending"}
+
+
+def test_feedback_review_commands(feedback_project: Path) -> None:
+    folder, csv = feedback_project.parent / "monitoring", feedback_project / "data" / "feedback.csv"
+    ids = [
+        _feedback(folder, f"2026-01-02T1{i}:00:00.000+00:00", f"第{i}条反馈", f"part-{i}") for i in range(3)
+    ]
+    textclf = [str(BIN / "python"), "-m", "textclf"]
+    run([*textclf, "data", "import", "--feedback"], feedback_project)
+    assert "3 rows" in run([*textclf, "feedback", "list", "--status", "pending"], feedback_project).stdout
+    md5 = (feedback_project / "data.dvc").read_text()
+    assert (
+        "1 feedback rows approved" in run([*textclf, "feedback", "approve", ids[0]], feedback_project).stdout
+    )
+    assert (feedback_project / "data.dvc").read_text() != md5  # the review is a new data version
+    assert (
+        "1 feedback rows rejected" in run([*textclf, "feedback", "reject", ids[1]], feedback_project).stdout
+    )
+    run([*textclf, "feedback", "approve", "--all-pending"], feedback_project)
+    assert pd.read_csv(csv)["review"].tolist() == ["approved", "rejected", "approved"]
+    unknown = run([*textclf, "feedback", "approve", "nope"], feedback_project, check=False)
+    assert unknown.returncode == 3 and "no feedback with id" in unknown.stderr
 
 
 def test_feedback_import_interrupted_is_completed_by_the_rerun(

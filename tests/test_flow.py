@@ -245,7 +245,7 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     pipeline, project: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
-    from textclf.data.feedback import import_feedback
+    from textclf.data.feedback import feedback_rows, import_feedback, review
     from textclf.data.prepare import read_split
     from textclf.serving.records import FEEDBACK, Recorder, now
 
@@ -262,7 +262,8 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     rec.queue.join()
     md5_before = (project / "data.dvc").read_text()
     assert import_feedback(cfg, project, dvc=True) == 4
-    assert import_feedback(cfg, project, dvc=True) == 0  # append-only: nothing twice
+    assert import_feedback(cfg, project, dvc=True) == 0  # by id: nothing twice
+    assert review(cfg, project, feedback_rows(cfg, project)["id"].tolist(), "approved", dvc=True) == 4
     assert (project / "data.dvc").read_text() != md5_before  # a new data version
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
@@ -270,8 +271,11 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     assert manifest["feedback"] == {
         "rows": 4,
         "added_to_train": 3,
+        "excluded_unapproved": 0,
+        "excluded_over_submitter_cap": 0,
         "excluded_equal_to_val_or_test": 1,
         "dropped_duplicate_or_conflict": 0,
+        "excluded_over_train_share": 0,
     }
     from textclf.data.normalize import normalize
 

@@ -381,16 +381,20 @@ def test_feedback_is_validated_and_stored(server: str, monitoring_dir: Path) -> 
         ({"text": "好" * 301, "label": "gamma"}, 413),
         ({"text": "好"}, 400),
         ({"text": ["好"], "label": "alpha"}, 400),
+        ({"text": "好", "label": "alpha", "submitter": ""}, 400),
     ]
     with httpx.Client(base_url=server, timeout=30) as client:
         got = [client.post("/feedback", json=body).status_code for body, _ in cases]
-        ok = client.post("/feedback", json={"text": "物流太慢", "label": "gamma", "model_version": "v7"})
+        ok = client.post(
+            "/feedback", json={"text": "物流太慢", "label": "gamma", "model_version": "v7", "submitter": "u1"}
+        )
         # On disk when the answer comes: no waiting for a writer.
         stored = list(read_records(monitoring_dir, FEEDBACK))
     assert got == [status for _, status in cases]
     assert ok.status_code == 200 and ok.json()["model_version"] == "v7"
     assert [(r["text"], r["label"]) for r in stored] == [("质量很好，推荐", "alpha"), ("物流太慢", "gamma")]
     assert stored[-1]["id"] == ok.json()["id"] and len({r["id"] for r in stored}) == 2
+    assert [r["submitter"] for r in stored] == ["", "u1"]
 
 
 def test_a_lone_surrogate_is_recorded_with_its_batch(server: str, monitoring_dir: Path) -> None:

@@ -159,6 +159,14 @@ class NormalizeConfig(_Frozen):
     lowercase: bool = False
 
 
+class FeedbackReviewConfig(_Frozen):
+    """Which rows of paths.feedback may join train (see textclf.data.feedback and prepare.add_feedback)."""
+
+    review: bool = True  # true: only rows approved with `textclf feedback approve`; false: every row
+    max_per_submitter: int | None = Field(default=100, ge=0)  # earliest first; None: no cap
+    max_train_share: float | None = Field(default=0.1, ge=0.0, le=1.0)  # of the raw train split
+
+
 class PrepareConfig(_Frozen):
     seed: int = 42
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
@@ -167,6 +175,7 @@ class PrepareConfig(_Frozen):
     # (ties dropped); first: keep the label of the first occurrence.
     conflict_policy: Literal["drop", "majority", "first"] = "drop"
     normalize: NormalizeConfig = NormalizeConfig()
+    feedback: FeedbackReviewConfig = FeedbackReviewConfig()
 
     @model_validator(mode="after")
     def _fractions(self) -> PrepareConfig:

@@ -5,6 +5,10 @@ timestamp, so a record that reaches the store late (writer lag, another replica,
 by the next run, and a second run adds nothing. The file is rewritten through a temporary file and
 ``os.replace`` (never a torn row), and ``dvc add`` runs every time, so a run interrupted between the
 write and ``dvc add`` is completed by the next one.
+
+Imported rows are ``pending`` review: ``textclf feedback list|approve|reject`` sets ``review`` (and records
+the data version); with ``prepare.feedback.review`` only approved rows join train, within the caps of
+``prepare.feedback`` (see :func:`textclf.data.prepare.add_feedback`).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Any
 import pandas as pd
 
 from textclf.config import Config
+from textclf.errors import DataError
 from textclf.serving.records import FEEDBACK, read_records
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "text", "label", "model_version", "received_at"]
+COLUMNS = ["id", "text", "label", "model_version", "received_at", "submitter", "review"]
+REVIEW = ("pending", "approved", "rejected")
 
 
 def record_id(ts: str, text: str, label: str) -> str:
@@ -39,6 +45,8 @@ def _row(record: dict[str, Any]) -> dict[str, str]:
         "label": record["label"],
         "model_version": record.get("model_version") or "",
         "received_at": record["ts"],
+        "submitter": record.get("submitter") or "",
+        "review": "pending",
     }
 
 
@@ -49,6 +57,8 @@ def _read(path: Path) -> pd.DataFrame:
     if "id" not in old:  # a file imported before records had ids
         ids = [record_id(*r) for r in zip(old["received_at"], old["text"], old["label"], strict=True)]
         old.insert(0, "id", ids)
+    old = old.assign(**{column: "" for column in COLUMNS if column not in old})
+    old["review"] = old["review"].replace("", "pending")  # imported before review existed
     return old
 
 
@@ -88,10 +98,38 @@ def import_feedback(cfg: Config, root: Path, dvc: bool) -> int:
         log.warning("skipped %d unreadable feedback records (%s, ...)", len(bad), bad[0])
     if len(new):
         _write(pd.concat([old, new], ignore_index=True), path)
-        log.info("added %d feedback rows to %s", len(new), cfg.paths.feedback)
+        log.info("added %d feedback rows to %s (pending review)", len(new), cfg.paths.feedback)
+    _dvc_add(cfg, root, dvc)
+    return len(new)
+
+
+def _dvc_add(cfg: Config, root: Path, dvc: bool) -> None:
     if dvc and (root / ".dvc").is_dir():
         from dvc.repo import Repo
 
         with Repo(str(root)) as repo:
             repo.add(str(root / cfg.paths.data_dir))
-    return len(new)
+
+
+def feedback_rows(cfg: Config, root: Path, status: str | None = None) -> pd.DataFrame:
+    """``textclf feedback list``: the imported feedback, of one review ``status`` when given."""
+    frame = _read(root / cfg.paths.feedback)
+    return frame if status is None else frame[frame["review"] == status]
+
+
+def review(cfg: Config, root: Path, ids: list[str], status: str, dvc: bool) -> int:
+    """``textclf feedback approve|reject``: set the review of the rows ``ids`` and record the data
+    version. Returns the number of rows changed."""
+    if status not in REVIEW:
+        raise DataError(f"review status {status!r} is not one of {REVIEW}")
+    path = root / cfg.paths.feedback
+    frame = _read(path)
+    if unknown := sorted(set(ids) - set(frame["id"])):
+        raise DataError(f"no feedback with id {unknown[:5]} in {cfg.paths.feedback}")
+    hit = frame["id"].isin(ids) & (frame["review"] != status)
+    if hit.any():
+        frame.loc[hit, "review"] = status
+        _write(frame, path)
+        log.info("%s %d feedback rows", status, int(hit.sum()))
+    _dvc_add(cfg, root, dvc)
+    return int(hit.sum())

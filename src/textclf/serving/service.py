@@ -17,11 +17,13 @@ import os
 import random
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable, UnprocessableEntity
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from pydantic import Field
 
 from textclf.serving.records import FEEDBACK, TRAFFIC, PartWriter, Recorder, now
 from textclf.serving.schemas import (
@@ -175,8 +177,17 @@ class TextClassifier:
         self.dropped.inc(dropped)
 
     @bentoml.api
-    def feedback(self, text: FeedbackText, label: str, model_version: str | None = None) -> FeedbackAck:
+    def feedback(
+        self,
+        text: FeedbackText,
+        label: str,
+        model_version: str | None = None,
+        submitter: Annotated[str, Field(min_length=1, max_length=200)] | None = None,
+    ) -> FeedbackAck:
         """Report the right label for a text (validated like a text of /classify).
+
+        ``submitter`` (optional) names who sent it: ``prepare.feedback.max_per_submitter`` caps what one
+        submitter adds to train. Imported feedback joins train once approved (``textclf feedback approve``).
 
         422: ``label`` is not one of the model's classes. 503: the feedback store could not write it.
         The record (with a new ``id``) is on disk (fsync) when this answers; ``textclf data import
@@ -190,6 +201,7 @@ class TextClassifier:
             "text": text,
             "label": label,
             "model_version": model_version or self.tag,
+            "submitter": submitter or "",
         }
         try:
             self.feedback_log.write([item], fsync=True)
