@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     off = cfg.serve.monitoring.model_copy(update={"enabled": False})
     on = cfg.serve.monitoring.model_copy(update={"enabled": True, "sample_rate": 1.0})
+    # A loopback benchmark: no tokens and no per-token rate limit (serve.auth none, explicitly); the
+    # body, type and concurrency checks of textclf.serving.auth still run.
     one, batched = (
-        cfg.serve.model_copy(update={"max_batch_size": 1, "monitoring": off}),
-        cfg.serve.model_copy(update={"monitoring": off}),
+        cfg.serve.model_copy(update={"max_batch_size": 1, "monitoring": off, "auth": "none"}),
+        cfg.serve.model_copy(update={"monitoring": off, "auth": "none"}),
     )
     variants = {
         "one-at-a-time": (model_tag, one),
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         f"batched+{args.runtime}": (compressed_tag, batched),
     }
     if args.monitoring:
-        variants["batched+monitoring"] = (model_tag, cfg.serve.model_copy(update={"monitoring": on}))
+        variants["batched+monitoring"] = (model_tag, batched.model_copy(update={"monitoring": on}))
     os.environ["TEXTCLF_MONITORING_DIR"] = str(Path(tempfile.mkdtemp(prefix="textclf-bench-monitoring-")))
     from textclf.serving.records import TRAFFIC, read_records
 
@@ -259,8 +261,8 @@ def compressed_dir(model_dir: Path, runtime: str) -> Path:
     """A copy of the model directory set up to run ``runtime``, as `textclf package` sets it up."""
     import shutil
 
+    from textclf.evaluate.variants import export_onnx
     from textclf.model.predictor import RUNTIME_FILE
-    from textclf.model.variants import export_onnx
 
     out = Path(tempfile.mkdtemp(prefix="textclf-bench-compressed-")) / "model"
     shutil.copytree(model_dir, out)

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--project-dir", default=str(HERE.parent), help="project the scheduled runs work on")
+    parser.add_argument("--params", default="params.yaml", help="config file, relative to the project")
     parser.add_argument("--interval", type=float, help="seconds between runs instead of the cron schedule")
     parser.add_argument("--pool", help="deploy the training to this work pool instead of serving here")
     parser.add_argument("--source", help="git URL workers clone (default: the checkout's origin)")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     project = Path(args.project_dir).resolve()
     configure_environment(project)
-    cfg = load_config(project / "params.yaml")
+    cfg = load_config(project / args.params)
     schedule = (
         Interval(args.interval, timezone=cfg.flow.timezone)
         if args.interval
@@ -62,17 +63,29 @@ def main(argv: list[str] | None = None) -> None:
         origin = ["git", "-C", str(project), "remote", "get-url", "origin"]
         source = args.source or subprocess.check_output(origin, text=True).strip()
         flow = Flow.from_source(source, entrypoint="flows/pipeline.py:training_pipeline")
-        flow.deploy(work_pool_name=args.pool, build=False, push=False, **training_kw)  # type: ignore[attr-defined]
+        flow.deploy(
+            work_pool_name=args.pool,
+            build=False,
+            push=False,
+            parameters={"params": args.params},
+            **training_kw,
+        )  # type: ignore[attr-defined]
         reschedule_lost_runs(args.lost_after)
         return
     training = load_flow_from_entrypoint(f"{HERE / 'pipeline.py'}:training_pipeline")
     monitoring = load_flow_from_entrypoint(f"{HERE / 'monitor.py'}:monitor_flow")
     serve(
-        training.to_deployment(parameters={"project_dir": str(project)}, **training_kw),
+        training.to_deployment(
+            parameters={"project_dir": str(project), "params": args.params}, **training_kw
+        ),
         monitoring.to_deployment(
             name=cfg.monitor.deployment,
             interval=cfg.monitor.interval_minutes * 60,
-            parameters={"project_dir": str(project), "since_minutes": cfg.monitor.interval_minutes},
+            parameters={
+                "project_dir": str(project),
+                "since_minutes": cfg.monitor.interval_minutes,
+                "params": args.params,
+            },
             description="textclf: recorded traffic vs the champion's training data; drift starts training",
         ),
     )

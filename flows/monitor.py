@@ -16,16 +16,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 
 from textclf.config import load_config
+from textclf.drift import monitor
 from textclf.env import configure_environment
-from textclf.monitor import monitor
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(project_dir: str | None = None, since_minutes: float | None = None) -> dict[str, Any]:
+def monitor_flow(
+    project_dir: str | None = None, since_minutes: float | None = None, params: str = "params.yaml"
+) -> dict[str, Any]:
     """Measure drift since ``since_minutes`` ago (default: all recorded traffic); on drift, train."""
     root = Path(project_dir or Path.cwd()).resolve()
     configure_environment(root)
-    cfg = load_config(root / "params.yaml")
+    cfg = load_config(root / params)
     since = (datetime.now(UTC) - timedelta(minutes=since_minutes)).isoformat() if since_minutes else None
     report = monitor(cfg, root, since)
     create_markdown_artifact(report.markdown(), key="drift-report", description=report.summary)
@@ -37,6 +39,7 @@ def monitor_flow(project_dir: str | None = None, since_minutes: float | None = N
                 "project_dir": str(root),
                 "reason": f"drift: {report.summary}",
                 "import_feedback": True,
+                "params": params,
             },
             timeout=0,  # start it; the training runs on its own
         )

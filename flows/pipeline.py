@@ -24,16 +24,19 @@ from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run, task_run
 from prefect.states import Completed
 
-from textclf import pipeline as P
+from textclf import repro, runs
 from textclf.config import Config, load_config
+from textclf.contracts import ENV_PARAMS, ENV_PROGRESS_ARTIFACT
 from textclf.env import ENV_FLOW_RUN_ID, ENV_TASK_RUN_ID, configure_environment
-from textclf.stages import ENV_PROGRESS_ARTIFACT
+from textclf.gate.promotion import run_gate
+from textclf.serving.release import package_version
+from textclf.tracking.store import tracking_uri
 
 
 def _retry_unless_deterministic(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except P.NotRetriable:
+    except repro.NotRetriable:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True
@@ -65,23 +68,19 @@ def stage(root: Path, name: str, cfg: Config, force: bool) -> bool:
             create_progress_artifact(0.0, key="training-progress", description="optimizer steps done")
         )
     try:
-        return P.reproduce(root, name, force=force, env=env)
-    except P.NotRetriable as err:
-        raise P.NotRetriable(P.validation_failure(cfg, root, name) or str(err)) from None
+        return repro.reproduce(root, name, force=force, env=env)
+    except repro.NotRetriable as err:
+        raise repro.NotRetriable(runs.validation_failure(cfg, root, name) or str(err)) from None
 
 
 def experiment(root: Path, overrides: list[str], cfg: Config) -> str:
-    from textclf.tracking.store import tracking_uri
-
-    P.run_experiment(
+    repro.run_experiment(
         root, overrides, f"run-{str(flow_run.id)[:8]}", {"MLFLOW_TRACKING_URI": tracking_uri(cfg, root)}
     )
-    return P.run_of_flow_run(cfg, root, str(flow_run.id))
+    return runs.run_of_flow_run(cfg, root, str(flow_run.id))
 
 
 def gate(cfg: Config, root: Path, run_id: str) -> dict[str, Any]:
-    from textclf.gate.run import run_gate
-
     outcome = run_gate(cfg, root, run_id=run_id)
     return {
         "bento": outcome.bento,
@@ -92,29 +91,29 @@ def gate(cfg: Config, root: Path, run_id: str) -> dict[str, Any]:
     }
 
 
-def package(cfg: Config, root: Path) -> str:
-    from textclf.serving.release import package
-
-    return package(cfg, root).bento_tag
+def package_champion(cfg: Config, root: Path) -> str:
+    return package_version(cfg, root).bento_tag
 
 
 def notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes these by keyword
     root = Path(flow_run.parameters.get("project_dir") or Path.cwd())
-    P.notify_failure(
-        root, f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}"
+    cfg = load_config(root / flow_run.parameters.get("params", "params.yaml"))
+    runs.notify_failure(
+        cfg.flow.webhook_url,
+        f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}",
     )
 
 
-def _publish(result: P.RunResult, cfg: Config, root: Path) -> None:
+def _publish_artifacts(result: runs.RunResult, cfg: Config, root: Path) -> None:
     """The run's artifacts in Prefect: the report, links to the MLflow run and the Data Docs, metrics."""
     create_markdown_artifact(
-        key="textclf-run-report", markdown=P.report_markdown(result, cfg, root), description="textclf run"
+        key="textclf-run-report", markdown=runs.report_markdown(result, cfg, root), description="textclf run"
     )
     if result.run_id:
-        for key, link in P.run_links(cfg, root, result.run_id).items():
+        for key, link in runs.run_links(cfg, root, result.run_id).items():
             create_link_artifact(link, key=key, link_text=link, description=key.replace("-", " "))
         create_table_artifact(
-            P.metrics_table(cfg, root, result.run_id),
+            runs.metrics_table(cfg, root, result.run_id),
             key="test-metrics",
             description="test accuracy and macro-F1: candidate, champion, baseline",
         )
@@ -127,19 +126,22 @@ def training_pipeline(
     project_dir: str | None = None,
     import_feedback: bool = False,
     reason: str | None = None,
-) -> P.RunResult:
+    params: str = "params.yaml",
+) -> runs.RunResult:
     """Validate → prepare → train → evaluate → gate → package, doing only what changed.
 
     ``set_params`` (``["train.learning_rate=1e-4", ...]``) runs the pipeline as a DVC experiment with those
     overrides, leaving params.yaml untouched; ``force`` re-runs every stage; ``import_feedback`` first
-    merges the users' feedback into a new data version; ``reason`` (e.g. the monitor's drift) is reported.
+    merges the users' feedback into a new data version; ``reason`` (e.g. the monitor's drift) is reported;
+    ``params`` is the config file, relative to the project (the stage commands read it too).
     """
     logger = get_run_logger()
     root = Path(project_dir or Path.cwd()).resolve()
     configure_environment(root)
     if flow_run.id:
         os.environ[ENV_FLOW_RUN_ID] = str(flow_run.id)  # stage processes tag their MLflow run with it
-    cfg = load_config(root / "params.yaml")
+    cfg = load_config(root / params)
+    os.environ[ENV_PARAMS] = params  # the stage commands DVC starts read the same file
     if reason:
         logger.info("triggered by %s", reason)
     if import_feedback:
@@ -148,33 +150,35 @@ def training_pipeline(
         logger.info(
             "%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True)
         )
-    result = P.RunResult("no change", "no change: DVC reports every stage up to date and the run was judged")
+    result = runs.RunResult(
+        "no change", "no change: DVC reports every stage up to date and the run was judged"
+    )
     result.reason = reason
-    remote = P.remote(root)
+    remote = repro.remote(root)
     if remote:  # a worker's fresh clone: the data and the outputs someone already pushed
-        logger.info("dvc pull from %s: %d files", remote, _task(P.pull, "dvc pull", cfg)(root))
-    run = P.current_run(cfg, root)
+        logger.info("dvc pull from %s: %d files", remote, _task(repro.pull, "dvc pull", cfg)(root))
+    run = runs.current_run(cfg, root)
     if set_params:
-        _task(P.produce, "prepare current split", cfg)(root, cfg.paths.prepared)
+        _task(repro.produce, "prepare current split", cfg)(root, cfg.paths.prepared)
         result.run_id = _task(experiment, "experiment", cfg)(root, set_params, cfg)
-    elif not force and run and not P.changed(root) and P.judged(cfg, root, run["run_id"]):
+    elif not force and run and not repro.changed(root) and runs.judged(cfg, root, run["run_id"]):
         result.run_id = run["run_id"]
     else:
         result.stages = {
-            name: _task(stage, name, cfg)(root, name, cfg, force) for name in P.stage_names(root)
+            name: _task(stage, name, cfg)(root, name, cfg, force) for name in repro.stage_names(root)
         }
         if remote:
-            logger.info("dvc push: %d files", _task(P.push, "dvc push", cfg)(root))
-        result.run_id = P.current_run(cfg, root)["run_id"]  # type: ignore[index]
+            logger.info("dvc push: %d files", _task(repro.push, "dvc push", cfg)(root))
+        result.run_id = runs.current_run(cfg, root)["run_id"]  # type: ignore[index]
     if set_params or result.stages:
         result.gate = _task(gate, "gate", cfg)(cfg, root, result.run_id)
         result.bento = result.gate["bento"] if result.gate["promoted"] else None
         if result.gate["promoted"] and result.bento is None:  # infra validation off: package after promotion
-            result.bento = _task(package, "package", cfg)(cfg, root)
+            result.bento = _task(package_champion, "package", cfg)(cfg, root)
         result.status = "promoted" if result.gate["promoted"] else "rejected"
         result.message = result.gate["message"] + (
             f"; bento {result.bento}" if result.bento else "; champion unchanged"
         )
-    _publish(result, cfg, root)
+    _publish_artifacts(result, cfg, root)
     logger.info(result.message)
     return Completed(message=result.message, data=result)  # type: ignore[return-value]

@@ -105,7 +105,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator[
         record = json.loads((proj / "artifacts/train/mlflow_run.json").read_text())
         flow_runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 5}, timeout=10).json()
         bento = next(line.split()[-1] for line in run.stdout.splitlines() if "bento textclf:" in line)
-        with served(bento, tmp / "bento.log") as bento_url:
+        # A browser sends no bearer token with the Swagger UI's own page loads: this loopback
+        # server runs without authentication, explicitly (the token checks are test_serving's).
+        with served(bento, tmp / "bento.log", env={"TEXTCLF_SERVE_AUTH": "none"}) as bento_url:
             yield {
                 "proj": proj,
                 "mlflow": f"http://127.0.0.1:{mlflow_port}",

@@ -8,7 +8,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from textclf.config import apply_overrides, load_config
+from textclf.config import (
+    PREPARED_CHECK_NAMES,
+    RAW_CHECK_NAMES,
+    CheckConfig,
+    Config,
+    apply_overrides,
+    load_config,
+)
 from textclf.errors import ConfigError
 
 
@@ -79,3 +86,39 @@ def test_dvc_yaml_params_and_templates_exist_in_params(repo_root: Path) -> None:
     raw = (repo_root / "dvc.yaml").read_text()
     for literal in (params["paths"]["prepared"], params["paths"]["raw"]):
         assert literal not in raw, f"{literal} written literally in dvc.yaml; use ${{paths.*}}"
+
+
+def _resolved(cfg: Config) -> dict:
+    """The config as the code reads it: an absent check is CheckConfig(), an absent task the default."""
+    raw = cfg.model_dump(mode="json")
+    for section, known in (("raw", RAW_CHECK_NAMES), ("prepared", PREPARED_CHECK_NAMES)):
+        checks = getattr(cfg.validation, section).checks
+        raw["validation"][section]["checks"] = {
+            name: checks.get(name, CheckConfig()).model_dump(mode="json") for name in known
+        }
+    return raw
+
+
+def test_code_defaults_are_params_yaml(repo_root: Path) -> None:
+    """params.yaml is the one source of every number: a default in config.py that differs is a second one.
+    Only ``data.labels`` may differ: null (infer from the data) is the library's answer for an unknown
+    corpus, params.yaml names the bundled corpus's classes."""
+    code, params = _resolved(Config()), _resolved(load_config(repo_root / "params.yaml"))
+    code["data"].pop("labels"), params["data"].pop("labels")
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    code_leaves, params_leaves = leaves(code), leaves(params)
+    differ = {
+        k: (code_leaves.get(k), params_leaves.get(k))
+        for k in code_leaves.keys() | params_leaves.keys()
+        if code_leaves.get(k) != params_leaves.get(k)
+    }
+    assert not differ, f"config.py default vs params.yaml: {differ}"

@@ -46,7 +46,9 @@ def test_repro_produces_disjoint_splits_and_noop_rerun(project: Path) -> None:
     assert (project / "dvc.lock").is_file()
     metrics = json.loads((project / "artifacts" / "eval" / "metrics.json").read_text())
     assert {"transformer", "baseline"} <= metrics.keys()
-    assert 0.0 <= metrics["transformer"]["accuracy"] <= 1.0
+    predictions = pd.read_parquet(project / "artifacts" / "eval" / "predictions.parquet")
+    assert len(predictions) == len(splits["test"])  # scored on the whole test split, nothing else
+    assert metrics["transformer"]["accuracy"] == pytest.approx(predictions["correct"].mean())
     shown = _run([str(BIN / "dvc"), "metrics", "show"], project).stdout
     assert "transformer.accuracy" in shown and "baseline.accuracy" in shown
 
@@ -180,18 +182,18 @@ def test_stage_deps_cover_every_module_the_stage_imports(repo_root: Path, stage:
 
 
 def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Path) -> None:
-    from textclf import pipeline
+    from textclf import repro
 
-    assert pipeline.changed(project) == []
+    assert repro.changed(project) == []
     params = project / "params.yaml"
     params.write_text("# a comment that changes no value\n" + params.read_text())
-    assert pipeline.changed(project) == []  # DVC compares param values, not bytes
-    assert not any(pipeline.reproduce(project, s) for s in pipeline.stage_names(project))
+    assert repro.changed(project) == []  # DVC compares param values, not bytes
+    assert not any(repro.reproduce(project, s) for s in repro.stage_names(project))
 
     plots = project / "src" / "textclf" / "evaluate" / "plots.py"
     plots.write_text(plots.read_text() + "\n# a change in a module evaluate imports\n")
-    assert pipeline.changed(project) == ["evaluate"]
-    ran = {s: pipeline.reproduce(project, s) for s in pipeline.stage_names(project)}
+    assert repro.changed(project) == ["evaluate"]
+    ran = {s: repro.reproduce(project, s) for s in repro.stage_names(project)}
     assert ran == {
         "validate_raw": False,
         "prepare": False,
@@ -199,7 +201,7 @@ def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Pa
         "train": False,
         "evaluate": True,
     }
-    assert pipeline.changed(project) == []
+    assert repro.changed(project) == []
 
 
 # --------------------------------------------------------------------------- feedback import

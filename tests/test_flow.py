@@ -49,7 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
 
 def _aliases(proj: Path) -> dict[str, str]:
     from textclf.config import load_config
-    from textclf.gate import registry as R
+    from textclf.tracking import registry as R
     from textclf.tracking.store import client
 
     cfg = load_config(proj / "params.yaml")
@@ -171,8 +171,8 @@ def test_set_params_runs_an_experiment_and_leaves_params_yaml_alone(pipeline, pr
 
 def _champion_predictions(project: Path, texts: list[str]) -> list:
     from textclf.config import load_config
-    from textclf.gate import registry as R
     from textclf.model.predictor import Predictor
+    from textclf.tracking import registry as R
     from textclf.tracking.pyfunc import download_model_dir
     from textclf.tracking.store import client
 
@@ -184,7 +184,8 @@ def _champion_predictions(project: Path, texts: list[str]) -> list:
 
 
 def _record_traffic(folder: Path, texts: list[str], project: Path) -> None:
-    from textclf.serving.records import TRAFFIC, Recorder, now
+    from textclf.contracts import now
+    from textclf.serving.records import TRAFFIC, Recorder
 
     rec = Recorder(folder, TRAFFIC, queue_size=100_000, rotate_bytes=2**26)  # what the service writes
     for text, p in zip(texts, _champion_predictions(project, texts), strict=True):
@@ -217,7 +218,7 @@ def test_monitor_replayed_test_traffic_is_not_drift_news_is(
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
     from textclf.data.prepare import read_split
-    from textclf.monitor import monitor
+    from textclf.drift import monitor
     from textclf.tracking.store import client
 
     cfg = load_config(project / "params.yaml")
@@ -245,9 +246,10 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     pipeline, project: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
+    from textclf.contracts import now
     from textclf.data.feedback import feedback_rows, import_feedback, review
     from textclf.data.prepare import read_split
-    from textclf.serving.records import FEEDBACK, Recorder, now
+    from textclf.serving.records import FEEDBACK, Recorder
 
     cfg = load_config(project / "params.yaml")
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))
@@ -330,7 +332,7 @@ def test_validation_failure_stops_before_training_and_notifies(
 def test_prefect_lock_is_mutual_exclusion(harness) -> None:
     """The registry lock for a shared tracking server: a Prefect global concurrency limit of 1."""
     from textclf.config import GateRegistryConfig
-    from textclf.gate.registry import registry_lock
+    from textclf.tracking.registry import registry_lock
 
     cfg = GateRegistryConfig(lock="prefect", lock_timeout_s=2)
     entered, release = threading.Event(), threading.Event()
@@ -369,7 +371,8 @@ def five_class_corpus(seed: int = 0) -> pd.DataFrame:
 
 
 def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, repo_root: Path) -> None:
-    from textclf.model.variants import resolve_runtime
+    from textclf.evaluate.variants import resolve_runtime
+    from textclf.serving import auth
     from textclf.serving.package import served
 
     overrides = {
@@ -392,9 +395,15 @@ def test_five_classes_end_to_end_to_a_served_bento(pipeline, tmp_path: Path, rep
     parity = json.loads((proj / "artifacts/eval/variants/parity.json").read_text())["variants"]
     expected = resolve_runtime("auto", parity)
     assert {"int8", "onnx", "onnx-int8"} <= set(metrics["variants"])
-    with served(result.bento, tmp_path / "serve.log") as base:
-        resp = httpx.post(f"{base}/classify", json={"texts": ["这个东西好棒", "客服太慢"]}, timeout=30)
-        meta = httpx.get(f"{base}/metadata", timeout=30).json()
+    token, entry = auth.issue(["classify", "read"])
+    headers = {"authorization": f"Bearer {token}"}
+    with served(
+        result.bento, tmp_path / "serve.log", env={auth.TOKENS_ENV: json.dumps({"flow": entry})}
+    ) as base:
+        resp = httpx.post(
+            f"{base}/classify", json={"texts": ["这个东西好棒", "客服太慢"]}, headers=headers, timeout=30
+        )
+        meta = httpx.get(f"{base}/metadata", headers=headers, timeout=30).json()
     assert resp.status_code == 200, resp.text
     assert [len(p["probabilities"]) for p in resp.json()] == [5, 5]
     assert meta["runtime"] == expected

@@ -24,10 +24,10 @@ torch = pytest.importorskip("torch")
 
 from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
-from textclf.gate import registry as R  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
-from textclf.gate.run import GateRejected, promote, rollback, run_gate  # noqa: E402
+from textclf.gate.promotion import GateRejected, promote, rollback, run_gate  # noqa: E402
 from textclf.model.predictor import Preprocessing  # noqa: E402
+from textclf.tracking import registry as R  # noqa: E402
 from textclf.tracking.pyfunc import log_pyfunc_model  # noqa: E402
 from textclf.tracking.run import log_model  # noqa: E402
 from textclf.tracking.store import client, configure_mlflow  # noqa: E402
@@ -383,16 +383,16 @@ def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage) -> None:  # noqa: ANN
     """Test-side fault injection: damage the model directory once it is in the BentoML model store."""
     import bentoml
 
-    from textclf.serving import package
+    from textclf.serving import release
 
-    real = package.import_model_dir
+    real = release.import_model_dir  # where packaging calls it
 
     def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         tag = real(*args, **kwargs)
         damage(Path(bentoml.models.get(tag).path))
         return tag
 
-    monkeypatch.setattr(package, "import_model_dir", tampered)
+    monkeypatch.setattr(release, "import_model_dir", tampered)
 
 
 def test_infra_validation_serves_the_bento_before_promotion(project: dict) -> None:
@@ -461,8 +461,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from textclf.config import config_from_dict
-from textclf.gate import run as gate_run
-from textclf.gate.registry import PromotionConflict
+from textclf.gate import promotion as gate_run
+from textclf.tracking.registry import PromotionConflict
 
 cfg_path, root, version, barrier = sys.argv[1:5]
 cfg = config_from_dict(json.loads(Path(cfg_path).read_text()))

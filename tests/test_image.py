@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from projects import TINY, env, make_project, toy_corpus
+from textclf.serving import auth
 
 pytestmark = pytest.mark.image
 BIN = Path(sys.executable).parent
@@ -119,6 +120,10 @@ def image(dockerd: dict[str, str], champion: dict, repo_root: Path) -> Iterator[
     yield {"tag": "textclf-test:champion", "env": dockerd, "timings": timings, **champion}
 
 
+TOKEN, TOKEN_ENTRY = auth.issue(["classify", "read"])
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
 def _run_container(image: dict) -> tuple[str, str, float]:
     from textclf.serving.package import free_port
 
@@ -134,6 +139,8 @@ def _run_container(image: dict) -> tuple[str, str, float]:
             name,
             "--network",
             "host",
+            "-e",  # the service's tokens, as an orchestrator's secret would pass them
+            f"{auth.TOKENS_ENV}={json.dumps({'image-test': TOKEN_ENTRY})}",
             image["tag"],
             "serve",
             "--port",
@@ -157,9 +164,9 @@ def _run_container(image: dict) -> tuple[str, str, float]:
 
 def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> None:
     from textclf.config import load_config
-    from textclf.gate import registry as R
     from textclf.model.predictor import Predictor
-    from textclf.tracking.pyfunc import served_model_dir
+    from textclf.serving.release import served_model_dir
+    from textclf.tracking import registry as R
     from textclf.tracking.store import client
 
     cfg = load_config(image["proj"] / "params.yaml")
@@ -178,13 +185,15 @@ def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> No
     expected = {p.label: p for p in offline.predict(TEXTS)}
     name, base, ready_s = _run_container(image)
     try:
-        served = httpx.post(f"{base}/classify", json={"texts": TEXTS}, timeout=60)
+        anonymous = httpx.post(f"{base}/classify", json={"texts": TEXTS}, timeout=60)
+        assert anonymous.status_code == 401, anonymous.text
+        served = httpx.post(f"{base}/classify", json={"texts": TEXTS}, headers=AUTH, timeout=60)
         assert served.status_code == 200, served.text
         for got, want in zip(served.json(), offline.predict(TEXTS), strict=True):
             assert got["label"] == want.label
             assert all(abs(got["probabilities"][k] - v) < 1e-5 for k, v in want.probabilities.items())
         assert expected
-        meta = httpx.get(f"{base}/metadata", timeout=30).json()
+        meta = httpx.get(f"{base}/metadata", headers=AUTH, timeout=30).json()
         lineage = meta["lineage"]
         assert lineage["registered_version"] == str(mv.version) and lineage["mlflow_run_id"] == mv.run_id
         assert meta["runtime"] == offline.runtime
@@ -196,7 +205,10 @@ def test_image_answers_like_the_champion_and_stops_on_sigterm(image: dict) -> No
         ):
             assert (
                 httpx.post(
-                    f"{base}/classify", content=body, headers={"content-type": "application/json"}, timeout=30
+                    f"{base}/classify",
+                    content=body,
+                    headers={**AUTH, "content-type": "application/json"},
+                    timeout=30,
                 ).status_code
                 == status
             ), body

@@ -14,9 +14,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from textclf.config import Config, TokenizerConfig  # noqa: E402
+from textclf.contracts import now  # noqa: E402
+from textclf.drift import label_js, measure_drift, ngram_js, psi  # noqa: E402
 from textclf.model.tokenizer import build_char_tokenizer  # noqa: E402
-from textclf.monitor import compare, label_js, ngram_js, psi  # noqa: E402
-from textclf.serving.records import TRAFFIC, Recorder, now, read_records  # noqa: E402
+from textclf.serving.records import TRAFFIC, Recorder, read_records  # noqa: E402
 from train_fixtures import make_frame  # noqa: E402
 
 LABELS = ["neg", "pos"]
@@ -48,7 +49,7 @@ def material() -> dict:
 
 def test_replayed_in_distribution_traffic_is_not_drift(material: dict) -> None:
     replay = _records(make_frame(300, seed=3), material["rng"])
-    values, drifted = compare(
+    values, drifted = measure_drift(
         replay, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
     )
     assert drifted == [], values
@@ -67,7 +68,7 @@ def test_shifted_traffic_is_drift(material: dict) -> None:
         for _ in range(300)
     ]
     shifted = pd.DataFrame({"text": news, "label": ["neg"] * 250 + ["pos"] * 50})
-    values, drifted = compare(
+    values, drifted = measure_drift(
         _records(shifted, material["rng"], confidence=0.6),
         material["train"],
         material["reference"],
@@ -85,7 +86,7 @@ def test_hashed_texts_measure_what_they_can(material: dict) -> None:
         {k: v for k, v in r.items() if k != "text"}
         for r in _records(make_frame(100, seed=4), material["rng"])
     ]
-    values, _ = compare(
+    values, _ = measure_drift(
         records, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
     )
     assert (
@@ -142,7 +143,7 @@ def test_torn_and_undecodable_lines_are_skipped_and_counted(
 ) -> None:
     import json
 
-    from textclf import monitor as M
+    from textclf import drift as M
 
     ok = _records(make_frame(2, seed=5), material["rng"])
     good = [json.dumps(r, ensure_ascii=False).encode() for r in ok]

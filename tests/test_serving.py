@@ -8,13 +8,17 @@ process (import + build) and the server subprocess.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import random
+import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -24,7 +28,7 @@ import yaml
 from textclf.config import NormalizeConfig, ServeConfig
 from textclf.errors import ModelSourceError
 from textclf.model.predictor import RUNTIME_FILE, Predictor, Preprocessing
-from textclf.serving import package
+from textclf.serving import auth, package
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +44,17 @@ SERVE = ServeConfig(
     max_chars_per_text=300,
     torch_threads=1,
     timeout_s=60,
+    rate_limit_per_minute=6,  # tokens without limits of their own: a burst of 3, then 429
+    rate_limit_burst=3,
 )
+# The served tokens, as a mounted secret would hold them. "tester" makes the requests of every test.
+TOKEN, _TESTER = auth.issue(
+    ["classify", "feedback", "read"], rate_limit_per_minute=1e6, rate_limit_burst=10**6
+)
+CLASSIFY_TOKEN, _CLASSIFIER = auth.issue(["classify"])
+LIMITED_TOKEN, _LIMITED = auth.issue(["classify", "feedback"])
+TOKENS = {"tester": _TESTER, "classifier": _CLASSIFIER, "limited": _LIMITED}
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 LINEAGE = {
     "registered_model": "textclf-sentiment",
     "registered_version": "3",
@@ -99,7 +113,7 @@ PARITY = {"accuracy": 0.9, "macro_f1": 0.89, "agreement": 1.0, "p95_ms": 1.5, "s
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from textclf.model.variants import export_onnx
+    from textclf.evaluate.variants import export_onnx
 
     out = _make_model_dir(tmp_path_factory.mktemp("model"))
     export_onnx(out, out)
@@ -117,8 +131,11 @@ def built(model_dir: Path, repo_root: Path, bentoml_home: Path) -> dict[str, str
 @pytest.fixture(scope="module")
 def server(built: dict[str, str], bentoml_home: Path, monitoring_dir: Path, tmp_path_factory) -> str:  # noqa: ANN001
     os.environ["TEXTCLF_MONITORING_DIR"] = str(monitoring_dir)  # what the service records goes here
+    secret = tmp_path_factory.mktemp("secret") / "tokens.json"
+    secret.write_text(json.dumps(TOKENS))
+    env = {auth.TOKENS_FILE_ENV: str(secret), auth.TOKENS_ENV: "", auth.AUTH_ENV: ""}
     try:
-        with package.served(built["bento"], tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        with package.served(built["bento"], tmp_path_factory.mktemp("serve") / "serve.log", env=env) as base:
             yield base
     finally:
         del os.environ["TEXTCLF_MONITORING_DIR"]
@@ -130,7 +147,7 @@ def monitoring_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _classify(client: httpx.Client, texts: list[str]) -> list[dict]:
-    resp = client.post("/classify", json={"texts": texts})
+    resp = client.post("/classify", json={"texts": texts}, headers=AUTH)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -147,16 +164,16 @@ def test_build_rejects_a_missing_model(repo_root: Path, bentoml_home: Path) -> N
         package.build_bento("no-such-model:v1", SERVE, repo_root)
 
 
-def test_serve_command_and_env(tmp_path: Path) -> None:
+def test_serve_command() -> None:
     cmd = package.serve_command("textclf:abc", "127.0.0.1", 4321)
     assert cmd[1:] == ["-m", "bentoml", "serve", "textclf:abc", "--host", "127.0.0.1", "--port", "4321"]
-    env = package.serve_env(tmp_path, {"PATH": "/bin"})
-    assert env["BENTOML_HOME"] == str(tmp_path.resolve()) and env["PATH"] == "/bin"
 
 
 def test_bentofile_pins_match_installed_versions(repo_root: Path) -> None:
     spec = yaml.safe_load((repo_root / "bentofile.yaml").read_text(encoding="utf-8"))
-    assert spec["service"] == package.SERVICE_IMPORT
+    module, name = spec["service"].split(":")
+    origin = importlib.util.find_spec(module).origin  # importing it needs the Bento's arguments
+    assert f"class {name}:" in Path(str(origin)).read_text(encoding="utf-8")
     assert spec["python"]["lock_packages"] is False
     for pin in spec["python"]["packages"]:
         name, version = pin.split("==")
@@ -214,7 +231,7 @@ def test_served_predictions_equal_offline(server: str, model_dir: Path, built: d
     offline = Predictor(model_dir).predict(texts)  # the runtime the directory names: onnx
     assert Predictor(model_dir).runtime == "onnx"
     served: list[dict] = []
-    with httpx.Client(base_url=server, timeout=60) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
         step = SERVE.max_texts_per_request
         for start in range(0, len(texts), step):
             served.extend(_classify(client, texts[start : start + step]))
@@ -232,7 +249,7 @@ def test_served_predictions_equal_offline(server: str, model_dir: Path, built: d
 
 
 def test_metadata(server: str, built: dict[str, str]) -> None:
-    meta = httpx.get(f"{server}/metadata", timeout=10).json()
+    meta = httpx.get(f"{server}/metadata", headers=AUTH, timeout=10).json()
     assert meta["model_tag"] == built["model"]
     assert meta["model_name"] == SERVE.model_store_name
     assert meta["labels"] == list(LABELS)
@@ -248,7 +265,7 @@ def test_metadata(server: str, built: dict[str, str]) -> None:
 
 
 def test_docs_and_probes(server: str) -> None:
-    with httpx.Client(base_url=server, timeout=10) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=10) as client:
         for path in ("/healthz", "/readyz", "/metrics", "/"):
             assert client.get(path).status_code == 200, path
         assert client.get("/docs").headers["location"] == "/"
@@ -285,7 +302,7 @@ BAD_INPUTS: list[tuple[str, bytes, int]] = [
 
 def test_bad_inputs_get_4xx_and_service_keeps_serving(server: str) -> None:
     got: dict[str, int] = {}
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
         for name, body, _ in BAD_INPUTS:
             resp = client.post("/classify", content=body, headers={"content-type": "application/json"})
             got[name] = resp.status_code
@@ -313,7 +330,7 @@ def test_concurrent_clients_have_no_errors_and_get_batched(server: str) -> None:
 
     def client_loop(i: int) -> None:
         rng = random.Random(i)
-        with httpx.Client(base_url=server, timeout=60) as client:
+        with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
             end = time.monotonic() + 3
             while time.monotonic() < end:
                 batch = rng.sample(texts, rng.randint(1, 4))
@@ -328,7 +345,7 @@ def test_concurrent_clients_have_no_errors_and_get_batched(server: str) -> None:
                     with lock:
                         errors.append(repr(err))
 
-    with httpx.Client(base_url=server, timeout=10) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=10) as client:
         before = batch_stats(client)
         threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(16)]
         for t in threads:
@@ -357,7 +374,7 @@ def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) ->
     from textclf.serving.records import TRAFFIC, read_records
 
     before = len(list(read_records(monitoring_dir, TRAFFIC)))
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
         for i in range(25):
             _classify(client, [f"第{i}个评论很好", "太差了"])
         metrics = client.get("/metrics").text
@@ -381,42 +398,17 @@ def test_feedback_is_validated_and_stored(server: str, monitoring_dir: Path) -> 
         ({"text": "好" * 301, "label": "gamma"}, 413),
         ({"text": "好"}, 400),
         ({"text": ["好"], "label": "alpha"}, 400),
-        ({"text": "好", "label": "alpha", "submitter": ""}, 400),
     ]
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
         got = [client.post("/feedback", json=body).status_code for body, _ in cases]
-        ok = client.post(
-            "/feedback", json={"text": "物流太慢", "label": "gamma", "model_version": "v7", "submitter": "u1"}
-        )
+        ok = client.post("/feedback", json={"text": "物流太慢", "label": "gamma", "model_version": "v7"})
         # On disk when the answer comes: no waiting for a writer.
         stored = list(read_records(monitoring_dir, FEEDBACK))
     assert got == [status for _, status in cases]
     assert ok.status_code == 200 and ok.json()["model_version"] == "v7"
     assert [(r["text"], r["label"]) for r in stored] == [("质量很好，推荐", "alpha"), ("物流太慢", "gamma")]
     assert stored[-1]["id"] == ok.json()["id"] and len({r["id"] for r in stored}) == 2
-    assert [r["submitter"] for r in stored] == ["", "u1"]
-
-
-def test_a_lone_surrogate_is_recorded_with_its_batch(server: str, monitoring_dir: Path) -> None:
-    """A form-encoded lone surrogate (BentoML parses a form field as JSON: "\\ud800") passes validation
-    (normalization drops it) and used to fail the record write of its whole batch."""
-    from textclf.serving.records import TRAFFIC, read_records
-
-    def dropped(client: httpx.Client) -> float:
-        metrics = client.get("/metrics").text.splitlines()
-        return sum(float(x.split()[-1]) for x in metrics if x.startswith("textclf_monitoring_dropped_total"))
-
-    before = len(list(read_records(monitoring_dir, TRAFFIC)))
-    form = {"texts": json.dumps(["好评", "a\ud800", "差"])}  # ASCII JSON: the surrogate as "\\ud800"
-    with httpx.Client(base_url=server, timeout=30) as client:
-        dropped_before = dropped(client)
-        resp = client.post("/classify", data=form)  # application/x-www-form-urlencoded
-        assert resp.status_code == 200 and len(resp.json()) == 3, resp.text
-        assert _count(monitoring_dir, TRAFFIC, before + 3) == before + 3
-        assert dropped(client) == dropped_before
-    bad: list[str] = []
-    texts = [r["text"] for r in read_records(monitoring_dir, TRAFFIC, bad=bad)][-3:]
-    assert texts == ["好评", "a\ud800", "差"] and bad == []
+    assert {r["submitter"] for r in stored} == {"tester"}  # the token's name, in every record
 
 
 def test_sigterm_right_after_1000_feedbacks_loses_none(built: dict[str, str], tmp_path: Path) -> None:
@@ -432,7 +424,8 @@ def test_sigterm_right_after_1000_feedbacks_loses_none(built: dict[str, str], tm
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         package.serve_command(built["bento"], "127.0.0.1", port),
-        env={**os.environ, "TEXTCLF_MONITORING_DIR": str(folder)},
+        # No tokens: 2,000 requests from one client would meet the rate limit.
+        env={**os.environ, "TEXTCLF_MONITORING_DIR": str(folder), auth.AUTH_ENV: "none"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -471,3 +464,98 @@ def test_sigterm_right_after_1000_feedbacks_loses_none(built: dict[str, str], tm
     ) == 1000
     assert len(list(read_records(folder, TRAFFIC, bad=bad))) == 1000 and bad == []
     assert "Running cleanup hook: drain_records" in (tmp_path / "serve.log").read_text()
+
+
+# --------------------------------------------------------------------------- who may call, how much
+def test_no_token_or_a_bad_one_is_401_and_probes_stay_open(server: str) -> None:
+    calls = [
+        ("POST", "/classify", {"texts": ["好"]}),
+        ("POST", "/feedback", {"text": "好", "label": "alpha"}),
+    ]
+    calls += [("GET", "/metadata", None), ("GET", "/metrics", None), ("GET", "/docs.json", None)]
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for headers in ({}, {"authorization": "Bearer not-a-token"}, {"authorization": f"Basic {TOKEN}"}):
+            for method, path, body in calls:
+                resp = client.request(method, path, json=body, headers=headers)
+                assert resp.status_code == 401, (path, headers, resp.text)
+                assert resp.headers["www-authenticate"].startswith("Bearer")
+        classify_only = {"authorization": f"Bearer {CLASSIFY_TOKEN}"}
+        assert (
+            client.post("/feedback", json={"text": "好", "label": "alpha"}, headers=classify_only).status_code
+            == 403
+        )
+        assert client.get("/metadata", headers=classify_only).status_code == 403
+        assert client.post("/classify", json={"texts": ["好"]}, headers=classify_only).status_code == 200
+        for path in ("/livez", "/readyz", "/healthz"):
+            assert client.get(path).status_code == 200, path
+
+
+def _raw_post(base: str, head: list[str], chunks: Iterator[bytes]) -> bytes:
+    """POST /feedback over a bare socket: the body is sent from a thread while the status line is read,
+    so a server that answers before reading the body is seen doing so (httpx writes everything first)."""
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        lines = ["POST /feedback HTTP/1.1", f"Host: {url.netloc}", f"Authorization: Bearer {TOKEN}", *head]
+        sock.sendall(("\r\n".join([*lines, "", ""])).encode())
+
+        def pump() -> None:
+            try:
+                for chunk in chunks:
+                    sock.sendall(chunk)
+            except OSError:  # the server answered and closed: the rest is never read
+                pass
+
+        sender = threading.Thread(target=pump, daemon=True)
+        sender.start()
+        status = sock.makefile("rb").readline()
+    sender.join(timeout=60)
+    return status
+
+
+def test_a_20mb_body_is_413_before_it_is_read(server: str) -> None:
+    size, piece = 20 * 2**20, b"x" * 2**16
+    json_head = ["Content-Type: application/json"]
+    status = _raw_post(server, [*json_head, f"Content-Length: {size}"], iter([piece] * (size // len(piece))))
+    assert status.startswith(b"HTTP/1.1 413"), status
+    chunked = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(size // len(piece)))
+    status = _raw_post(server, [*json_head, "Transfer-Encoding: chunked"], chunked)
+    assert status.startswith(b"HTTP/1.1 413"), status
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
+        assert len(_classify(client, ["好"])) == 1  # still serving
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_post_that_is_not_json_is_415_and_nothing_is_recorded(server: str, monitoring_dir: Path) -> None:
+    from textclf.serving.records import FEEDBACK, TRAFFIC, read_records
+
+    time.sleep(1)  # records of earlier tests are written by now
+    before = {kind: len(list(read_records(monitoring_dir, kind))) for kind in (TRAFFIC, FEEDBACK)}
+    feedback = {"text": "非JSON的反馈", "label": "alpha"}
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
+        for path, body in (("/feedback", feedback), ("/classify", {"texts": ["非JSON的请求"]})):
+            sent = [
+                client.post(path, content=json.dumps(body), headers={"content-type": "text/plain"}),
+                client.post(path, data=body),  # application/x-www-form-urlencoded
+                client.post(path, files={"file": ("body.json", json.dumps(body), "application/json")}),
+                client.post(path, content=json.dumps(body), headers={"content-type": ""}),
+            ]
+            assert [r.status_code for r in sent] == [415] * 4, (path, [r.text for r in sent])
+        assert len(_classify(client, ["好"])) == 1
+    assert _count(monitoring_dir, TRAFFIC, before[TRAFFIC] + 1) == before[TRAFFIC] + 1  # that one only
+    assert len(list(read_records(monitoring_dir, FEEDBACK))) == before[FEEDBACK]
+
+
+def test_over_rate_is_429_per_token(server: str) -> None:
+    limited = {"authorization": f"Bearer {LIMITED_TOKEN}"}
+    with httpx.Client(base_url=server, timeout=30) as client:
+        got = [client.post("/classify", json={"texts": ["好"]}, headers=limited) for _ in range(5)]
+        assert [r.status_code for r in got] == [200, 200, 200, 429, 429]  # SERVE's burst of 3
+        assert int(got[-1].headers["retry-after"]) >= 1
+        assert len(_classify(client, ["好"])) == 1  # the tester's bucket is its own
+
+
+def test_serving_without_a_token_refuses_to_start(built: dict[str, str], tmp_path: Path) -> None:
+    env = {auth.TOKENS_ENV: "", auth.TOKENS_FILE_ENV: "", auth.AUTH_ENV: ""}
+    with pytest.raises(package.ServeFailed, match="no token is configured"):
+        with package.served(built["bento"], tmp_path / "serve.log", timeout_s=120, env=env):
+            pass

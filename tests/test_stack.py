@@ -11,6 +11,7 @@ and serves the champion, and two gates in two clones race for one promotion. Ste
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,14 @@ import psutil
 import pytest
 
 from projects import TINY, env, make_project, run, toy_corpus
+
+# The stack supervisor is a tool beside the flows (flows/stack.py), not a module of the library.
+_spec = importlib.util.spec_from_file_location(
+    "textclf_stack", Path(__file__).resolve().parents[1] / "flows" / "stack.py"
+)
+assert _spec is not None and _spec.loader is not None
+S = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(S)
 
 BIN = Path(sys.executable).parent
 TIMES: dict[str, float] = {}
@@ -44,9 +53,7 @@ class _Timer:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from textclf.stack import Stack
-
-    s = Stack(tmp_path_factory.mktemp("stack-home"))
+    s = S.Stack(tmp_path_factory.mktemp("stack-home"))
     try:
         with _Timer("stack up"):
             s.up()
@@ -93,12 +100,10 @@ def test_compose_matches_the_stack_command(repo_root: Path) -> None:
     stack` (moto stands in for minio locally; the servers' settings are the variables their CLIs read)."""
     import yaml
 
-    from textclf.stack import SERVICES, Stack
-
     compose = yaml.safe_load((repo_root / "compose.yaml").read_text())["services"]
     local = {"s3": "minio"}
-    assert {local.get(s, s) for s in SERVICES} <= set(compose)
-    stack = Stack(repo_root / ".tmp" / "never-started")
+    assert {local.get(s, s) for s in S.SERVICES} <= set(compose)
+    stack = S.Stack(repo_root / ".tmp" / "never-started")
     names = set(stack.client_env()) | set(stack.server_env())
     in_compose = {k for svc in compose.values() for k in (svc.get("environment") or {})}
     assert names <= in_compose, names - in_compose
@@ -112,8 +117,6 @@ def test_compose_matches_the_stack_command(repo_root: Path) -> None:
 def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root: Path) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
-
-    from textclf.stack import PG_BIN
 
     s, senv = stack, stack.client_env()
     origin = tmp_path / "origin.git"
@@ -178,7 +181,7 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     assert any(k.endswith("model.safetensors") for k in mlflow_keys), mlflow_keys[:20]
     pg = subprocess.run(
         [
-            str(PG_BIN / "psql"),
+            str(S.PG_BIN / "psql"),
             "-h",
             "127.0.0.1",
             "-p",
@@ -252,7 +255,7 @@ def _serve_and_classify(stack, proj: Path, champion) -> None:  # noqa: ANN001
     """`textclf serve` in the fresh clone: the champion's Bento answers like the champion offline."""
     from textclf.model.predictor import Predictor
     from textclf.serving.package import free_port
-    from textclf.tracking.pyfunc import served_model_dir
+    from textclf.serving.release import served_model_dir
 
     port = free_port()
     log = proj / "serve.log"
@@ -299,8 +302,8 @@ _GATE = r"""
 import json, sys, time
 from pathlib import Path
 from textclf.config import config_from_dict, load_config
-from textclf.gate import run as gate_run
-from textclf.gate.registry import PromotionConflict
+from textclf.gate import promotion as gate_run
+from textclf.tracking.registry import PromotionConflict
 
 root, version, barrier = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 params = load_config(root / "params.yaml").model_dump(mode="json")

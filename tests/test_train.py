@@ -209,11 +209,14 @@ def test_resume_after_crash_continues_from_checkpoint(tmp_path, frames, trained)
     assert json.loads((tmp_path / "c" / FINGERPRINT_FILE).read_text()) != old
 
 
-def test_effective_config_gpu_profile_applies_cleanly():
+def test_effective_config_applies_the_gpu_profile_only_with_cuda(monkeypatch):
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    if cfg.train.gpu_profile:
-        apply_overrides(cfg, cfg.train.gpu_profile)  # a typo in params.yaml fails here, not on a GPU box
-    assert effective_config(cfg) == cfg or torch.cuda.is_available()
+    gpu = apply_overrides(cfg, cfg.train.gpu_profile)  # a typo in params.yaml fails here, not on a GPU box
+    assert gpu != cfg
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert effective_config(cfg) == cfg
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert effective_config(cfg) == gpu
 
 
 # --------------------------------------------------------------------------- MLM

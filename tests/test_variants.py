@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from textclf.config import VariantsConfig
+from textclf.contracts import PARITY_FILE
 from textclf.errors import ModelSourceError
-from textclf.model import variants as V
+from textclf.evaluate import variants as V
 from textclf.model.predictor import Predictor
 from train_fixtures import make_frame, tiny_config
 
@@ -48,7 +49,7 @@ def test_exported_variants_predict_like_fp32(trained, tmp_path: Path) -> None:
     for name in ("int8", "onnx-int8"):
         assert rows[name]["agreement"] >= 0.99, rows[name]
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]
-    on_disk = json.loads((tmp_path / V.PARITY_FILE).read_text())["variants"]
+    on_disk = json.loads((tmp_path / PARITY_FILE).read_text())["variants"]
     assert on_disk == json.loads(json.dumps(rows))
     for row in (rows[n] for n in CFG.names):  # passed: every criterion held; else the failed ones are named
         assert row["passed"] == (not V.parity_problems(rows["torch"], row, CFG))

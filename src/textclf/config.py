@@ -117,7 +117,16 @@ class RawValidationConfig(_Frozen):
     text_min_chars: int = Field(default=1, ge=0)
     text_max_chars: int = Field(default=5000, ge=1)
     # Keys are the check names used in reports (RAW_CHECK_NAMES); absent ones: severity error, mostly 1.
-    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+    checks: dict[str, CheckConfig] = Field(
+        default_factory=lambda: {
+            **{
+                name: CheckConfig(mostly=0.999) for name in ("text_not_null", "text_not_blank", "text_length")
+            },
+            "text_utf8": CheckConfig(mostly=0.999),
+            "text_unique": CheckConfig(severity="warning"),
+            "no_label_conflicts": CheckConfig(severity="warning"),
+        }
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> RawValidationConfig:
@@ -130,8 +139,8 @@ class RawValidationConfig(_Frozen):
 class PreparedValidationConfig(_Frozen):
     min_per_class_per_split: int = Field(default=10, ge=1)
     # Share of each class within a split (bounds on a class's fraction of the split).
-    class_fraction_min: float = Field(default=0.05, ge=0.0, le=1.0)
-    class_fraction_max: float = Field(default=0.95, ge=0.0, le=1.0)
+    class_fraction_min: float = Field(default=0.2, ge=0.0, le=1.0)
+    class_fraction_max: float = Field(default=0.8, ge=0.0, le=1.0)
     # Keys: PREPARED_CHECK_NAMES; absent ones: severity error, mostly 1.
     checks: dict[str, CheckConfig] = Field(default_factory=dict)
 
@@ -192,7 +201,7 @@ class ArchitectureConfig(_Frozen):
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)
     intermediate_size: int = Field(default=512, ge=8)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _heads(self) -> ArchitectureConfig:
@@ -219,7 +228,7 @@ class ModelConfig(_Frozen):
     # Hub id (e.g. bert-base-chinese) or local directory; None builds the offline default.
     pretrained: str | None = None
     revision: str | None = None
-    max_length: int = Field(default=128, ge=8)
+    max_length: int = Field(default=192, ge=8)
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     mlm: MlmConfig = MlmConfig()
@@ -227,11 +236,11 @@ class ModelConfig(_Frozen):
 
 class TrainConfig(_Frozen):
     seed: int = 42
-    epochs: float = Field(default=3.0, gt=0.0)
+    epochs: float = Field(default=5.0, gt=0.0)
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=5e-4, gt=0.0)
+    learning_rate: float = Field(default=2e-4, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
     group_by_length: bool = True
@@ -247,7 +256,9 @@ class TrainConfig(_Frozen):
     # > 1: `textclf train` starts itself under torchrun with this many processes (gloo on CPU, nccl on GPU).
     processes: int = Field(default=1, ge=1)
     # Applied on top of model/train when CUDA is present: {"model": {...}, "train": {...}}.
-    gpu_profile: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    gpu_profile: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"train": {"batch_size": 64, "eval_batch_size": 256}}
+    )
 
 
 class BaselineConfig(_Frozen):
@@ -270,7 +281,7 @@ class BaselineConfig(_Frozen):
 
 
 class VariantsConfig(_Frozen):
-    """Compressed variants of the trained model, scored on test against fp32 (textclf.model.variants).
+    """Compressed variants of the trained model, scored on test against fp32 (textclf.evaluate.variants).
 
     A variant passes parity when its predictions agree with fp32's on at least ``min_agreement`` of the
     test texts, its accuracy and macro-F1 are within ``max_metric_delta`` of fp32's, and its single-text
@@ -329,7 +340,7 @@ class GateBehaviourConfig(_Frozen):
 
 
 class GateRegistryConfig(_Frozen):
-    """How alias moves are serialized (see textclf.gate.registry.registry_lock)."""
+    """How alias moves are serialized (see textclf.tracking.registry.registry_lock)."""
 
     # file: a lock file next to an embedded store; prefect: a Prefect global concurrency limit on the
     # Prefect server every worker shares; auto: file for a local store, prefect for a tracking server.
@@ -338,7 +349,7 @@ class GateRegistryConfig(_Frozen):
 
 
 class InfraValidationConfig(_Frozen):
-    """Serve the candidate's built Bento for real before promotion (see textclf.serving.infra)."""
+    """Serve the candidate's built Bento for real before promotion (see textclf.gate.infra)."""
 
     enabled: bool = True
     golden_texts: int = Field(default=200, ge=1)  # test texts replayed (plus the behavioural cases)
@@ -365,9 +376,9 @@ class GateConfig(_Frozen):
     slice_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     slice_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     min_slice_size: int = Field(default=100, ge=1)
-    require_beats_baseline: bool = True
+    require_beats_baseline: bool = False
     # Serving budget measured by the caller; None disables the check.
-    max_latency_p95_ms: float | None = Field(default=100.0, gt=0.0)
+    max_latency_p95_ms: float | None = Field(default=200.0, gt=0.0)
     max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
     # Latency is measured one text at a time on CPU over this many test texts (after a warm-up).
     latency_texts: int = Field(default=100, ge=1)
@@ -427,6 +438,16 @@ class ServeConfig(_Frozen):
     # torch when none did); a named variant must have passed it.
     runtime: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = "auto"
     monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
+    # Who may call (textclf.serving.auth): bearer tokens with scopes from the environment, or none
+    # (the service then refuses nothing; env TEXTCLF_SERVE_AUTH overrides this at serve time).
+    auth: Literal["tokens", "none"] = "tokens"
+    # Checked before the body is read: a larger body -> 413. Leave room for max_texts_per_request x
+    # max_chars_per_text as JSON \u escapes (6 bytes a character).
+    max_body_kb: int = Field(default=2048, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)  # requests in flight (split over workers); more -> 503
+    # Token bucket per token name and worker: refills rate_limit_per_minute, holds rate_limit_burst.
+    rate_limit_per_minute: float = Field(default=600.0, gt=0.0)
+    rate_limit_burst: int = Field(default=60, ge=1)
 
 
 class TaskPolicy(_Frozen):
@@ -449,7 +470,9 @@ class FlowConfig(_Frozen):
     timezone: str = "UTC"
     default_task: TaskPolicy = TaskPolicy()
     # Per-task overrides, keyed by task name (validate_raw, prepare, ..., gate, package).
-    tasks: dict[str, TaskPolicy] = Field(default_factory=dict)
+    tasks: dict[str, TaskPolicy] = Field(
+        default_factory=lambda: {"train": TaskPolicy(retry_delay_seconds=10.0, timeout_seconds=7200.0)}
+    )
     webhook_url: str | None = None  # failure/crash notices go here (Prefect webhook notification block)
 
     def policy(self, task: str) -> TaskPolicy:
@@ -457,7 +480,7 @@ class FlowConfig(_Frozen):
 
 
 class MonitorConfig(_Frozen):
-    """Drift thresholds of `textclf monitor` (see textclf.monitor); a measure above its threshold is drift."""
+    """Drift thresholds of `textclf monitor` (see textclf.drift); a measure above its threshold is drift."""
 
     length_psi: float = Field(default=0.2, ge=0.0)
     ngram_js: float = Field(default=0.1, ge=0.0, le=1.0)

@@ -3,31 +3,25 @@
 ``dvc.yaml`` runs them through the CLI (``textclf <stage>``); nothing here holds ML logic. Files each
 stage writes are its DVC outputs (see dvc.yaml); ``train`` also opens the training's MLflow run and
 records its id in ``<paths.training>/mlflow_run.json``, which ``evaluate`` reads to log into the same run.
+
+Each ``run_<stage>`` imports what it uses inside its body: a stage's DVC deps (dvc.yaml) are the modules
+it imports, so an edit to training code re-runs train and evaluate, not the validations
+(tests/test_dvc_pipeline.py checks the deps cover the imports).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.data.io import read_table
-from textclf.data.prepare import read_split
-from textclf.errors import ValidationFailed
+from textclf.errors import ModelSourceError, ValidationFailed
 
 log = logging.getLogger(__name__)
-
-RUN_FILE = "mlflow_run.json"
-ENV_PROGRESS_ARTIFACT = "TEXTCLF_PROGRESS_ARTIFACT_ID"  # set by the flow for the train stage
-SPLITS = ("train", "val", "test")
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def run_validate_raw(cfg: Config, root: Path) -> None:
@@ -42,17 +36,28 @@ def run_validate_raw(cfg: Config, root: Path) -> None:
 
 
 def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
-    """Normalize, drop empties and label conflicts, dedup, split: ``paths.raw`` → ``paths.prepared``."""
-    from textclf.data.prepare import run_prepare as prepare
+    """Normalize, drop empties and label conflicts, dedup, split: ``paths.raw`` (and ``paths.feedback``
+    when present, train only) → ``paths.prepared``."""
+    from textclf.data.prepare import prepare, write_prepared
 
-    return prepare(cfg, root)
+    raw, feedback = root / cfg.paths.raw, root / cfg.paths.feedback
+    extra = read_table(feedback, "csv") if feedback.is_file() else None
+    prepared = prepare(read_table(raw, cfg.data.format, cfg.data.encoding), cfg.data, cfg.prepare, extra)
+    manifest = write_prepared(prepared, root / cfg.paths.prepared, cfg.paths.raw, raw)
+    log.info(
+        "prepared %d rows → %s (dropped: %s)",
+        manifest["rows_out"],
+        {k: v["rows"] for k, v in manifest["splits"].items()},
+        manifest["dropped"],
+    )
+    return manifest
 
 
 def run_validate_prepared(cfg: Config, root: Path) -> None:
     """Great Expectations over the three splits; reports in ``<paths.reports>/prepared``."""
     from textclf.validation.suites import validate_prepared
 
-    splits = {s: read_table(root / cfg.paths.prepared / f"{s}.parquet", "parquet") for s in SPLITS}
+    splits = {s: read_table(root / cfg.paths.prepared / C.split_file(s), "parquet") for s in C.SPLITS}
     report = validate_prepared(splits, cfg.data, cfg.validation, root / cfg.paths.reports / "prepared")
     if not report.success:
         raise ValidationFailed(report.summary_text())
@@ -61,8 +66,10 @@ def run_validate_prepared(cfg: Config, root: Path) -> None:
 def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     """Train on train, select on val, log it all to one MLflow run. Every torchrun rank calls this;
     rank 0 alone logs and writes. Returns the run record on rank 0."""
+    from textclf.data.prepare import read_split
+    from textclf.tracking.run import log_model, step_metrics, training_run
     from textclf.train.data import training_fingerprint
-    from textclf.train.trainer import RUN_ID_FILE, effective_config, prepare_checkpoint_dir, train_model
+    from textclf.train.trainer import effective_config, prepare_checkpoint_dir, train_model
 
     cfg = effective_config(cfg)  # what is logged is what trains (GPU profile applied)
     splits = {s: read_split(root / cfg.paths.prepared, s) for s in ("train", "val")}
@@ -72,15 +79,13 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         return None
     import mlflow
 
-    from textclf.tracking.run import log_model, step_metrics, training_run
-
     kept = prepare_checkpoint_dir(ckpt, training_fingerprint(cfg, splits["train"], splits["val"]))
-    run_id = (ckpt / RUN_ID_FILE).read_text().strip() if kept and (ckpt / RUN_ID_FILE).is_file() else None
+    run_id = (ckpt / C.RUN_ID_FILE).read_text().strip() if kept and (ckpt / C.RUN_ID_FILE).is_file() else None
     callbacks = [step_metrics()]
-    if progress := os.environ.get(ENV_PROGRESS_ARTIFACT):  # under the flow: a progress bar in Prefect's UI
+    if progress := os.environ.get(C.ENV_PROGRESS_ARTIFACT):  # under the flow: a progress bar in Prefect's UI
         callbacks.append(training_progress(progress))
     with training_run(cfg, root, run_id, splits) as run_id:
-        (ckpt / RUN_ID_FILE).write_text(run_id)
+        (ckpt / C.RUN_ID_FILE).write_text(run_id)
         result = train_model(cfg, splits["train"], splits["val"], model_dir, ckpt, callbacks=callbacks)
         timings = {
             "wall_time_s": result.wall_time_s,
@@ -95,12 +100,12 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         model_uri = log_model(
             model_dir, splits["train"]["id"].tolist(), splits["train"]["text"].head(3).tolist()
         )
-    _write_json(
+    C.write_json(
         {"history": result.history, "best_val": result.best, "labels": result.labels}, out / "history.json"
     )
-    _write_json({**timings, "device": result.device}, out / "timings.json")
+    C.write_json({**timings, "device": result.device}, out / "timings.json")
     record = {"run_id": run_id, "model_uri": model_uri}
-    _write_json(record, out / RUN_FILE)
+    C.write_json(record, out / C.RUN_FILE)
     log.info(
         "trained %d steps (resumed from %d) in %.0f s; best val %s; MLflow run %s",
         result.global_step,
@@ -130,10 +135,13 @@ def training_progress(artifact_id: str) -> Any:
 
 def run_evaluate(cfg: Config, root: Path) -> dict[str, Any]:
     """Score the model and the baseline on test (the only reader of it), in the training's MLflow run."""
+    from textclf.data.prepare import read_split
     from textclf.evaluate.report import evaluate_model_and_baseline
     from textclf.tracking.run import log_evaluation, reopened_run
 
-    run = json.loads((root / cfg.paths.training / RUN_FILE).read_text(encoding="utf-8"))
+    run = C.read_run_record(root / cfg.paths.training)
+    if run is None:
+        raise ModelSourceError(f"no {C.RUN_FILE} in {cfg.paths.training}: run the train stage first")
     with reopened_run(cfg, root, run["run_id"]):
         result = evaluate_model_and_baseline(
             cfg, root / cfg.paths.model, root / cfg.paths.prepared, root / cfg.paths.evaluation

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from textclf.config import Config
+from textclf.contracts import ENV_MONITORING_DIR
 from textclf.errors import DataError
 from textclf.serving.records import FEEDBACK, read_records
 
@@ -83,7 +84,7 @@ def import_feedback(cfg: Config, root: Path, dvc: bool) -> int:
     """Add the recorded feedback whose ids are not yet in ``paths.feedback`` (with the model version and
     time as provenance), then ``dvc add`` the data folder. Returns the number of rows added."""
     path = root / cfg.paths.feedback
-    folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or root / cfg.serve.monitoring.dir)
+    folder = Path(os.environ.get(ENV_MONITORING_DIR) or root / cfg.serve.monitoring.dir)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
         stale.unlink()
     old, bad, rows = _read(path), list[str](), list[dict[str, str]]()

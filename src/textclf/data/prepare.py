@@ -1,6 +1,7 @@
 """The prepare stage: normalize, drop empties, resolve label conflicts, dedup, stratified split.
 
-Each step is a small pure function over a DataFrame; ``run_prepare`` is the only one doing I/O.
+Each step is a small pure function over a DataFrame; the stage (``textclf.stages.run_prepare``) reads and
+writes, through ``write_prepared`` and ``read_split`` here.
 The split is assigned per *normalized text*, after dedup, so a text can land in exactly one split:
 the train/test leak is impossible by construction, and ``assert_disjoint`` re-checks it.
 """
@@ -18,15 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from textclf.config import Config, DataConfig, NormalizeConfig, PrepareConfig
-from textclf.data.io import read_table
+from textclf import contracts as C
+from textclf.config import DataConfig, NormalizeConfig, PrepareConfig
 from textclf.data.normalize import normalize
 from textclf.errors import DataError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ def stratified_split(
         raise ValueError("stratified_split needs deduplicated texts")
     frame = frame.assign(id=[text_id(t) for t in frame["text"]])
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[pd.DataFrame]] = {s: [] for s in C.SPLITS}
     for label in sorted(frame["label"].unique()):
         rows = frame[frame["label"] == label].sort_values("id", kind="stable")
         order = rng.permutation(len(rows))
@@ -147,13 +145,13 @@ def assert_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
 
 def add_feedback(
     splits: dict[str, pd.DataFrame], feedback: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig
-) -> dict[str, int]:
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Feedback rows (text, label) join the TRAIN split only. With ``prepare.feedback.review`` only rows
     approved by ``textclf feedback approve`` count; each submitter adds at most ``max_per_submitter`` rows
     (earliest first). A feedback text equal to a val or test text is excluded (evaluation never sees its
     own answers in training), one equal to a train text or to another feedback text is a duplicate, and
     at most ``max_train_share`` of the raw train split is added (earliest first). The splits of the raw
-    data do not move. Returns the counts."""
+    data do not move. Returns the new splits and the counts."""
     caps = cfg.feedback
     fb = feedback.sort_values("received_at", kind="stable") if "received_at" in feedback else feedback
     if caps.review:
@@ -178,8 +176,8 @@ def add_feedback(
     train = pd.concat(
         [splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]]
     )
-    splits["train"] = train.sort_values("id", kind="stable").reset_index(drop=True)
-    return {
+    train = train.sort_values("id", kind="stable").reset_index(drop=True)
+    return {**splits, "train": train}, {
         "rows": len(feedback),
         "added_to_train": len(new),
         "excluded_unapproved": len(feedback) - approved,
@@ -204,7 +202,9 @@ def prepare(
     conflicts = resolve_conflicts(empty.frame, cfg.conflict_policy)
     dedup = dedupe(conflicts.frame)
     splits = stratified_split(dedup.frame, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    fed = add_feedback(splits, feedback, data_cfg, cfg) if feedback is not None and len(feedback) else None
+    fed = None
+    if feedback is not None and len(feedback):
+        splits, fed = add_feedback(splits, feedback, data_cfg, cfg)
     assert_disjoint(splits)
     labels = list(data_cfg.labels) if data_cfg.labels is not None else sorted(dedup.frame["label"].unique())
     manifest: dict[str, Any] = {
@@ -247,20 +247,22 @@ def write_prepared(
     manifest = dict(prepared.manifest)
     hashes: dict[str, str] = {}
     for name, df in prepared.splits.items():
-        path = out_dir / f"{name}.parquet"
+        path = out_dir / C.split_file(name)
         table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
         pq.write_table(table, path, compression="zstd")
         hashes[name] = sha256_file(path)
     manifest["sha256"] = hashes
     if input_name is not None and input_path is not None:
         manifest["input"] = {"path": input_name.as_posix(), "sha256": sha256_file(input_path)}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    (out_dir / C.MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
     return manifest
 
 
 def read_split(prepared_dir: Path, split: str) -> pd.DataFrame:
     """One prepared split: columns ``id, text, label`` as strings."""
-    path = Path(prepared_dir) / f"{split}.parquet"
+    path = Path(prepared_dir) / C.split_file(split)
     if not path.is_file():
         raise DataError(f"prepared split not found: {path} (run `textclf prepare` first)")
     frame = pd.read_parquet(path)
@@ -279,18 +281,3 @@ def split_digest(frame: pd.DataFrame) -> str:
     for row in sorted(zip(frame["id"], frame["text"], frame["label"], strict=True)):
         h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
     return h.hexdigest()
-
-
-def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
-    """The DVC stage: read ``paths.raw`` (and ``paths.feedback`` when present), write ``paths.prepared``."""
-    raw, feedback = Path(root) / cfg.paths.raw, Path(root) / cfg.paths.feedback
-    extra = read_table(feedback, "csv") if feedback.is_file() else None
-    prepared = prepare(read_table(raw, cfg.data.format, cfg.data.encoding), cfg.data, cfg.prepare, extra)
-    manifest = write_prepared(prepared, Path(root) / cfg.paths.prepared, cfg.paths.raw, raw)
-    log.info(
-        "prepared %d rows → %s (dropped: %s)",
-        manifest["rows_out"],
-        {k: v["rows"] for k, v in manifest["splits"].items()},
-        manifest["dropped"],
-    )
-    return manifest

@@ -10,12 +10,11 @@ them depends on the number of classes::
     plots/<p>calibration.csv     per non-empty confidence bin
     plots/<p>roc.csv, <p>pr.csv  one-vs-rest curves of every class (long format, ``class`` column)
     plots/<p>*.png               confusion matrix, reliability diagram, ROC and PR curves
-    variants/                    ONNX exports and parity.json (see textclf.model.variants)
+    variants/                    ONNX exports and parity.json (see textclf.evaluate.variants)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -26,17 +25,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from textclf import contracts as C
 from textclf.config import Config, EvaluateConfig
 from textclf.data.io import write_csv
 from textclf.data.prepare import read_split
 from textclf.evaluate import metrics as M
 from textclf.evaluate import plots
+from textclf.evaluate.baseline import train_baseline
+from textclf.evaluate.variants import score_variants
+from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
-BASELINE = "baseline_"
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -50,21 +51,6 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             out[str(key)] = value
     return out
-
-
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves as one flat mapping, e.g. ``{"baseline.slices.len_le_20.accuracy": 0.9}``."""
-    flat: dict[str, float] = {}
-    for key, value in numeric_metrics(metrics).items():
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = float(value)
-    return flat
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def predictions_frame(test: pd.DataFrame, proba: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
@@ -102,7 +88,7 @@ def score_split(
         **{k: v for k, v in curves.items() if k not in ("roc", "pr")},
     )
     frame = predictions_frame(test, proba, labels)
-    frame.to_parquet(out_dir / f"{prefix}predictions.parquet", index=False)
+    frame.to_parquet(out_dir / f"{prefix}{C.PREDICTIONS_FILE}", index=False)
     plot_dir = out_dir / PLOTS_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
     write_csv(
@@ -125,7 +111,7 @@ def score_split(
     plots.curves(
         curves["pr"], "recall", "precision", plot_dir / f"{prefix}pr_curve.png", f"{title}: PR (one vs rest)"
     )
-    _write_json(result, out_dir / f"{prefix}report.json")
+    C.write_json(result, out_dir / f"{prefix}report.json")
     log.info(
         "%s: n=%d accuracy=%.4f macro_f1=%.4f", title, result["n"], result["accuracy"], result["macro_f1"]
     )
@@ -158,9 +144,6 @@ def evaluate_model_and_baseline(
 
     The only reader of the test split in the pipeline. Labels and their order come from the model.
     """
-    from textclf.evaluate.baseline import train_baseline
-    from textclf.model.predictor import Predictor
-    from textclf.model.variants import VARIANTS_DIR, score_variants
 
     out_dir.mkdir(parents=True, exist_ok=True)
     test = read_split(prepared_dir, "test")
@@ -176,18 +159,18 @@ def evaluate_model_and_baseline(
         train = read_split(prepared_dir, "train")
         model = train_baseline(train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, labels)
         baseline = score_split(
-            test, model.predict_proba(test["text"].tolist()), labels, cfg.evaluate, out_dir, BASELINE
+            test, model.predict_proba(test["text"].tolist()), labels, cfg.evaluate, out_dir, C.BASELINE_PREFIX
         )
     variants = {}
     if cfg.evaluate.variants.names:
         variants = score_variants(
             cfg.evaluate.variants,
             model_dir,
-            out_dir / VARIANTS_DIR,
+            out_dir / C.VARIANTS_DIR,
             test["text"].tolist(),
             test["label"].tolist(),
             cfg.train.eval_batch_size,
         )
     result = Evaluation(transformer, baseline, variants)
-    _write_json(numeric_metrics(result.metrics()), out_dir / METRICS_FILE)
+    C.write_json(numeric_metrics(result.metrics()), out_dir / C.METRICS_FILE)
     return result

@@ -20,10 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from textclf.config import Config
 from textclf.evaluate import metrics as M
+from textclf.evaluate.variants import latency_p95_ms
 from textclf.gate.behaviour import run_behaviour_checks
 from textclf.gate.decision import Evidence
-from textclf.model.variants import latency_p95_ms
-from textclf.tracking.pyfunc import served_model_dir
+from textclf.model.predictor import Predictor
+from textclf.serving.release import served_model_dir
 from textclf.tracking.run import BASELINE_MACRO_F1, TAG_DIGEST_PREFIX, TRAIN_IDS_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ def score_version(
 ) -> Scored:
     """Re-score registered ``version`` on ``test``. ``measure=False`` skips what only the challenger
     needs (baseline, serving budget, behaviour): a champion contributes predictions and training ids."""
-    from textclf.model.predictor import Predictor
 
     mv = c.get_model_version(cfg.mlflow.registered_model, version)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ settings and max length used in training. Serving, evaluation and the MLflow pyf
 
 The forward pass runs on one of :data:`RUNTIMES`: the fp32 torch model, torch dynamic int8 quantization
 of its Linear layers (done at load), or ONNX Runtime on an exported graph (``model.onnx``,
-``model.int8.onnx``; see :mod:`textclf.model.variants`). A model directory prepared for serving names
+``model.int8.onnx``; see :mod:`textclf.evaluate.variants`). A model directory prepared for serving names
 its runtime in ``textclf_runtime.json``; without it the runtime is torch.
 """
 
@@ -114,39 +114,52 @@ class Predictor:
     def normalize(self, texts: list[str]) -> list[str]:
         return [normalize(t, self.preprocessing.normalize) for t in texts]
 
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[bool]]:
-        """Probabilities (n, n_labels) in ``self.labels`` order and a per-text truncation flag."""
+    def predict_proba(
+        self, texts: list[str], batch_size: int = 64, *, normalized: bool = False
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Probabilities (n, n_labels) in ``self.labels`` order and a per-text truncation flag.
+        ``normalized``: the texts already went through :meth:`normalize` (the service's validator)."""
         import torch
 
-        clean = self.normalize(list(texts))
+        clean = list(texts) if normalized else self.normalize(list(texts))
         probs: list[np.ndarray] = []
         truncated: list[bool] = []
         for start in range(0, len(clean), batch_size):
-            chunk = clean[start : start + batch_size]
-            full = self.tokenizer(chunk, truncation=False, add_special_tokens=True)["input_ids"]
-            truncated.extend(len(ids) > self.max_length for ids in full)
-            probs.append(torch.softmax(self._logits(chunk).float(), dim=-1).cpu().numpy())
+            enc, cut = self._encode(clean[start : start + batch_size])
+            truncated.extend(cut)
+            probs.append(torch.softmax(self._logits(enc).float(), dim=-1).cpu().numpy())
         if not probs:
             return np.zeros((0, len(self.labels)), dtype=np.float32), []
         return np.concatenate(probs), truncated
 
-    def _logits(self, chunk: list[str]) -> Any:
+    def _encode(self, chunk: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """One tokenizer call: ids cut to ``max_length``, and which texts were cut (they overflowed)."""
+        enc = self.tokenizer(
+            chunk,
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_overflowing_tokens=True,
+            return_tensors="np",
+        )
+        rows = enc.pop("overflow_to_sample_mapping")
+        first = np.unique(rows, return_index=True)[1]  # each text's first window is what the model reads
+        cut = np.bincount(rows, minlength=len(chunk)) > 1
+        return {k: v[first] for k, v in enc.items()}, [bool(c) for c in cut]
+
+    def _logits(self, enc: dict[str, np.ndarray]) -> Any:
         import torch
 
         if self.session is None:
-            enc = self.tokenizer(
-                chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-            ).to(self.device)
             with torch.inference_mode():
-                return self.model(**enc).logits
-        enc = self.tokenizer(
-            chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="np"
-        )
+                return self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}).logits
         feed = {i.name: enc[i.name].astype(np.int64) for i in self.session.get_inputs()}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        probs, truncated = self.predict_proba(texts, batch_size)
+    def predict(
+        self, texts: list[str], batch_size: int = 64, *, normalized: bool = False
+    ) -> list[Prediction]:
+        probs, truncated = self.predict_proba(texts, batch_size, normalized=normalized)
         out = []
         for row, trunc in zip(probs, truncated, strict=True):
             out.append(

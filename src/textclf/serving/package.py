@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
 log = logging.getLogger(__name__)
 
 BENTOFILE = "bentofile.yaml"
-SERVICE_IMPORT = "textclf.serving.service:TextClassifier"
 # Training leftovers that a model directory may hold and serving never needs.
 _IGNORE = shutil.ignore_patterns("checkpoint-*", "__pycache__", ".*")
 
@@ -57,9 +56,14 @@ def import_model_dir(
     return str(model.tag)
 
 
+PACKAGING_ONLY = {"registry_ref", "runtime"}  # ServeConfig keys the service never reads
+
+
 def service_args(model_tag: str, serve_cfg: ServeConfig) -> dict[str, Any]:
-    """The bento arguments the service reads at import (see ``schemas.ServiceArgs``)."""
-    return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json")}
+    """The bento arguments the service reads at import (see ``schemas.ServiceArgs``). What to build from
+    and which runtime are packaging-time choices: the runtime reaches the service only through the
+    model directory's ``textclf_runtime.json`` (see :func:`textclf.serving.release.served_model_dir`)."""
+    return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json", exclude=PACKAGING_ONLY)}
 
 
 def build_bento(
@@ -124,13 +128,8 @@ def dockerfile_path(bento_tag: str) -> Path:
 
 
 def serve_command(bento_tag: str, host: str, port: int) -> list[str]:
-    """Argv that serves a built bento; run it with :func:`serve_env`."""
+    """Argv that serves a built bento (BENTOML_HOME in its environment names the store)."""
     return [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", host, "--port", str(port)]
-
-
-def serve_env(bentoml_home: Path, base: dict[str, str]) -> dict[str, str]:
-    """``base`` (usually os.environ) with BENTOML_HOME set and BentoML's telemetry off."""
-    return {**base, "BENTOML_HOME": str(Path(bentoml_home).resolve()), "BENTOML_DO_NOT_TRACK": "true"}
 
 
 def free_port() -> int:
@@ -142,9 +141,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(bento_tag: str, log_path: Path, timeout_s: float = 120.0) -> Iterator[str]:
+def served(
+    bento_tag: str, log_path: Path, timeout_s: float = 120.0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """A real ``bentoml serve`` of ``bento_tag`` on a free loopback port, in its own process group;
-    yields its base URL once ``/readyz`` answers, stops the whole group after."""
+    yields its base URL once ``/readyz`` answers, stops the whole group after. ``env`` goes over this
+    process's environment (the service's tokens: textclf.serving.auth)."""
     import httpx
 
     port = free_port()
@@ -155,6 +157,7 @@ def served(bento_tag: str, log_path: Path, timeout_s: float = 120.0) -> Iterator
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     try:
         deadline = time.monotonic() + timeout_s

@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,6 @@ log = logging.getLogger(__name__)
 
 TRAFFIC, FEEDBACK = "traffic", "feedback"
 _STOP = object()  # queued by Recorder.close: write what came before, then end the thread
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def encode(item: dict[str, Any]) -> bytes:

@@ -9,13 +9,26 @@ recorded on the version (``textclf.bento_tag``).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
+from textclf.evaluate.variants import resolve_runtime
+from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE
+from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
+from textclf.tracking import registry as R
+from textclf.tracking.pyfunc import download_model_dir
+from textclf.tracking.store import client
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +42,6 @@ class PackageResult:
 
 
 def _version(c: object, model: str, ref: str) -> str:
-    from textclf.gate import registry as R
-
     if ref.isdigit():
         R.require_version(c, model, ref)  # type: ignore[arg-type]
         return ref
@@ -41,15 +52,13 @@ def _version(c: object, model: str, ref: str) -> str:
 
 
 def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
-    from textclf.gate.registry import GATE_DECISION
-
     mv = c.get_model_version(model, version)  # type: ignore[attr-defined]
     tags = c.get_run(mv.run_id).data.tags if mv.run_id else {}  # type: ignore[attr-defined]
     labels = {
         "registered_model": model,
         "registered_version": version,
         "mlflow_run_id": mv.run_id,
-        "gate_decision_id": (mv.tags or {}).get(GATE_DECISION),
+        "gate_decision_id": (mv.tags or {}).get(R.GATE_DECISION),
     }
     for key, value in tags.items():
         if key.startswith("textclf.") and not key.startswith(("textclf.gate", "textclf.dvc_lock")):
@@ -57,13 +66,36 @@ def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
     return {k: str(v) for k, v in labels.items() if v is not None}
 
 
-def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
-    """Import the referenced registry version into BentoML and build the Bento (offline)."""
-    from textclf.gate.registry import BENTO_TAG
-    from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
-    from textclf.tracking.pyfunc import served_model_dir
-    from textclf.tracking.store import client
+def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, dst: Path) -> Path:
+    """Registry ``version``'s model directory set up to run what ``runtime`` (``serve.runtime``) resolves
+    to among its run's variants: the ONNX file beside the weights, and ``textclf_runtime.json`` naming
+    the runtime with its parity figures. Packaging, infra validation and the gate all load this: the
+    runtime is resolved here, once, and reaches the service only as that file."""
 
+    mv = c.get_model_version(model, version)
+    model_dir = download_model_dir(c, str(mv.source), dst / "model")
+    variants: dict[str, Any] = {}
+    if runtime != "torch" and mv.run_id:
+        try:
+            path = c.download_artifacts(
+                mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{C.PARITY_FILE}", str(dst)
+            )
+            variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
+        except (MlflowException, OSError):
+            log.info("v%s has no variants: it is served on torch", version)
+    name = resolve_runtime(runtime, variants)
+    if name in ONNX_FILES:
+        path = c.download_artifacts(
+            mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{ONNX_FILES[name]}", str(dst)
+        )
+        shutil.copyfile(path, model_dir / ONNX_FILES[name])
+    figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
+    (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
+    return model_dir
+
+
+def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
+    """Import the referenced registry version into BentoML and build the Bento (offline)."""
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = _version(c, model, ref or cfg.serve.registry_ref)
     labels = lineage_labels(c, model, version)
@@ -71,17 +103,14 @@ def package(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
         model_dir = served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
         model_tag = import_model_dir(model_dir, cfg.serve.model_store_name, labels)
     bento_tag = build_bento(model_tag, cfg.serve, root, labels)
-    c.set_model_version_tag(model, version, BENTO_TAG, bento_tag)
+    c.set_model_version_tag(model, version, R.BENTO_TAG, bento_tag)
     log.info("packaged %s v%s as bento %s", model, version, bento_tag)
     return PackageResult(bento_tag, model_tag, version, str(dockerfile_path(bento_tag)))
 
 
 def champion_bento(cfg: Config, root: Path) -> str:
     """The Bento built from the current champion (packaging it first if it has none yet)."""
-    from textclf.gate.registry import BENTO_TAG, CHAMPION
-    from textclf.tracking.store import client
-
     c, model = client(cfg, root), cfg.mlflow.registered_model
-    version = _version(c, model, CHAMPION)
-    tag = (c.get_model_version(model, version).tags or {}).get(BENTO_TAG)
-    return tag or package(cfg, root, version).bento_tag
+    version = _version(c, model, R.CHAMPION)
+    tag = (c.get_model_version(model, version).tags or {}).get(R.BENTO_TAG)
+    return tag or package_version(cfg, root, version).bento_tag

@@ -48,17 +48,20 @@ def _text_checker(
 ) -> Callable[[list[str]], list[str]]:
     # Raises BentoML exceptions (not ValueError) so pydantic lets them through and BentoML answers
     # with their status code; this runs per request, before adaptive batching joins requests.
+    # Returns the texts normalized: the one normalization a request gets (the model's own settings).
     def check(texts: list[str]) -> list[str]:
         if len(texts) > max_texts:
             raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {max_texts}")
+        clean = []
         for i, text in enumerate(texts):
             if len(text) > max_chars:
                 raise PayloadTooLarge(f"texts[{i}] has {len(text)} characters; the limit is {max_chars}")
             if "\x00" in text:
                 raise UnprocessableEntity(f"texts[{i}] contains a NUL character (\\u0000)")
-            if not normalize(text, normalize_cfg):
+            clean.append(normalize(text, normalize_cfg))
+            if not clean[-1]:
                 raise UnprocessableEntity(f"texts[{i}] is empty after normalization")
-        return texts
+        return clean
 
     return check
 
@@ -86,12 +89,13 @@ def texts_type(max_texts: int, max_chars: int, normalize_cfg: NormalizeConfig) -
 
 
 def text_type(max_chars: int, normalize_cfg: NormalizeConfig) -> Any:
-    """One text with the same checks as an item of ``texts`` (413 too long, 422 empty or NUL)."""
+    """One text with the same checks as an item of ``texts`` (413 too long, 422 empty or NUL); kept as
+    sent (feedback is stored verbatim; the import normalizes it with the training data)."""
     check = _text_checker(1, max_chars, normalize_cfg)
     return Annotated[
         str,
         Field(description=f"One text of at most {max_chars} characters", examples=[EXAMPLE_TEXTS[0]]),
-        AfterValidator(lambda text: check([text])[0]),
+        AfterValidator(lambda text: check([text]) and text),
     ]
 
 

@@ -17,15 +17,15 @@ import os
 import random
 import uuid
 from pathlib import Path
-from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable, UnprocessableEntity
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
-from pydantic import Field
 
-from textclf.serving.records import FEEDBACK, TRAFFIC, PartWriter, Recorder, now
+from textclf.contracts import ENV_MONITORING_DIR, now
+from textclf.serving import auth
+from textclf.serving.records import FEEDBACK, TRAFFIC, PartWriter, Recorder
 from textclf.serving.schemas import (
     BatchingInfo,
     FeedbackAck,
@@ -76,6 +76,10 @@ def docs() -> RedirectResponse:
 class TextClassifier:
     model = MODEL
 
+    @bentoml.on_deployment
+    def refuse_without_tokens() -> None:  # once in `bentoml serve`'s main process, before any worker
+        auth.check_startup(SETTINGS)
+
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
         stored = self.model  # resolved once per worker from the model store
@@ -83,7 +87,7 @@ class TextClassifier:
         self.info = stored.info
         # The runtime (and its ONNX file) was chosen at packaging: textclf_runtime.json in the directory.
         self.predictor = Predictor(Path(stored.path), threads=SETTINGS.torch_threads)
-        folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or MONITORING.dir).resolve()
+        folder = Path(os.environ.get(ENV_MONITORING_DIR) or MONITORING.dir).resolve()
         rotate = int(MONITORING.rotate_mb * 2**20)
         self.traffic = (
             Recorder(
@@ -133,7 +137,8 @@ class TextClassifier:
         """
         # `texts` is the concatenation of one or more requests' lists (adaptive batching).
         log.debug("batch of %d texts", len(texts))
-        preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size)
+        # `texts` arrive normalized by the request type's validator (Texts).
+        preds = self.predictor.predict(texts, batch_size=SETTINGS.max_batch_size, normalized=True)
         if self.traffic is not None:
             self._record(texts, preds)
         return [
@@ -182,11 +187,10 @@ class TextClassifier:
         text: FeedbackText,
         label: str,
         model_version: str | None = None,
-        submitter: Annotated[str, Field(min_length=1, max_length=200)] | None = None,
     ) -> FeedbackAck:
         """Report the right label for a text (validated like a text of /classify).
 
-        ``submitter`` (optional) names who sent it: ``prepare.feedback.max_per_submitter`` caps what one
+        The record's ``submitter`` is the token's name: ``prepare.feedback.max_per_submitter`` caps what one
         submitter adds to train. Imported feedback joins train once approved (``textclf feedback approve``).
 
         422: ``label`` is not one of the model's classes. 503: the feedback store could not write it.
@@ -201,7 +205,7 @@ class TextClassifier:
             "text": text,
             "label": label,
             "model_version": model_version or self.tag,
-            "submitter": submitter or "",
+            "submitter": auth.submitter() or "",  # the token's name (none when serve.auth is none)
         }
         try:
             self.feedback_log.write([item], fsync=True)
@@ -232,3 +236,7 @@ class TextClassifier:
                 max_chars_per_text=SETTINGS.max_chars_per_text,
             ),
         )
+
+
+# Tokens and scopes (401/403), rate limits (429), Content-Type (415), body size (413), concurrency (503).
+TextClassifier.add_asgi_middleware(auth.ServiceGuard, settings=SETTINGS, workers=SETTINGS.workers)

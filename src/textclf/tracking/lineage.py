@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
+from contextlib import chdir
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +27,8 @@ TAG_DVC_LOCK_PREFIX = "textclf.dvc_lock."
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "textclf.git_commit", "textclf.git_dirty"
 TAG_PARAMS_HASH, TAG_BASE_MODEL = "textclf.params_hash", "textclf.base_model"
 TAG_PREFECT_FLOW_RUN_ID = "textclf.prefect_flow_run_id"
+
+log = logging.getLogger(__name__)
 ENV_FLOW_RUN_ID = "PREFECT__FLOW_RUN_ID"  # what Prefect sets for flow-run processes; the flow passes it on
 
 
@@ -37,6 +40,25 @@ def _git(root: Path, *args: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
+def _dvc_hashes(root: Path, data_dvc: str) -> dict[str, str]:
+    """The raw data's md5 (``data.dvc``) and the prepared splits' (``dvc.lock``), as DVC reads them."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    tags: dict[str, str] = {}
+    try:
+        with chdir(root), Repo(str(root)) as repo:
+            if (root / data_dvc).is_file():
+                tags[TAG_DATA_DVC_MD5] = str(repo.stage.load_one(data_dvc).outs[0].hash_info.value)
+            if (root / "dvc.lock").is_file():
+                prepared = repo.stage.load_one("dvc.yaml", "prepare").outs
+                if prepared and prepared[0].hash_info.value:
+                    tags[TAG_DVC_LOCK_PREFIX + "prepare"] = str(prepared[0].hash_info.value)
+    except DvcException as err:  # not a DVC project (a library user's own folder): no DVC lineage
+        log.info("no DVC lineage: %s", err)
+    return tags
+
+
 def lineage_tags(cfg: Config, root: Path) -> dict[str, str]:
     """Present facts only (an absent source leaves its tag out rather than writing it empty)."""
     tags = {
@@ -45,14 +67,7 @@ def lineage_tags(cfg: Config, root: Path) -> dict[str, str]:
         ).hexdigest(),
         TAG_BASE_MODEL: cfg.model.pretrained or "scratch:char-bert",
     }
-    data_dvc = root / f"{cfg.paths.data_dir}.dvc"
-    if data_dvc.is_file():
-        tags[TAG_DATA_DVC_MD5] = str(yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"])
-    lock = root / "dvc.lock"
-    if lock.is_file():
-        stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
-        for out in stage.get("outs", []):
-            tags[TAG_DVC_LOCK_PREFIX + "prepare"] = str(out.get("md5"))
+    tags.update(_dvc_hashes(root, f"{cfg.paths.data_dir}.dvc"))
     if commit := _git(root, "rev-parse", "--verify", "HEAD"):
         tags[TAG_GIT_COMMIT] = commit
         # dvc.lock is rewritten by the pipeline itself while it runs: not a code change.

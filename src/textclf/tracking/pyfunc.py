@@ -9,9 +9,7 @@ to unpickle pyfunc objects by default.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +19,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+import textclf
 from textclf.errors import DataError
+from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,6 @@ class TextclfPyfunc(mlflow.pyfunc.PythonModel):
     """Predicts raw text through the model directory's own :class:`Predictor`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from textclf.model.predictor import Predictor
 
         self._predictor = Predictor(context.artifacts[MODEL_DIR_ARTIFACT])
 
@@ -115,7 +113,6 @@ def pip_requirements() -> list[str]:
 
 def textclf_code_path() -> Path:
     """The ``textclf`` package folder, shipped with the model so it loads where textclf is not installed."""
-    import textclf
 
     return Path(textclf.__file__).resolve().parent
 
@@ -125,15 +122,12 @@ def log_pyfunc_model(
     example_texts: Sequence[str],
     *,
     name: str = "model",
-    model_params: dict[str, Any] | None = None,
 ) -> mlflow.models.model.ModelInfo:
     """Log ``model_dir`` as a pyfunc model under the active run; returns MLflow's ``ModelInfo``.
 
     The signature is inferred from ``example_texts`` and the predictions of the same model.
     """
     from mlflow.models import infer_signature
-
-    from textclf.model.predictor import Predictor
 
     model_dir = Path(model_dir)
     examples = [str(t) for t in example_texts] or ["example"]
@@ -152,33 +146,7 @@ def log_pyfunc_model(
             input_example=example_in,
             pip_requirements=pip_requirements(),
             code_paths=[str(textclf_code_path())],
-            params=model_params,
         )
-
-
-def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, dst: Path) -> Path:
-    """Registry ``version``'s model directory set up to run what ``runtime`` (``serve.runtime``) resolves
-    to among its run's variants: the ONNX file beside the weights, and ``textclf_runtime.json`` naming
-    the runtime with its parity figures. Package, infra validation and the gate all load this."""
-    from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE
-    from textclf.model.variants import PARITY_FILE, VARIANTS_DIR, resolve_runtime
-
-    mv = c.get_model_version(model, version)
-    model_dir = download_model_dir(c, str(mv.source), dst / "model")
-    variants: dict[str, Any] = {}
-    if runtime != "torch" and mv.run_id:
-        try:
-            path = c.download_artifacts(mv.run_id, f"eval/{VARIANTS_DIR}/{PARITY_FILE}", str(dst))
-            variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
-        except (MlflowException, OSError):
-            log.info("v%s has no variants: it is served on torch", version)
-    name = resolve_runtime(runtime, variants)
-    if name in ONNX_FILES:
-        path = c.download_artifacts(mv.run_id, f"eval/{VARIANTS_DIR}/{ONNX_FILES[name]}", str(dst))
-        shutil.copyfile(path, model_dir / ONNX_FILES[name])
-    figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
-    (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
-    return model_dir
 
 
 def download_model_dir(c: MlflowClient, source: str, dst: Path) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.data.prepare import split_digest
 from textclf.tracking.lineage import lineage_tags
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_IDS_ARTIFACT = "train_ids.txt"  # prepared ids the model trained on: the gate excludes them
 TAG_DIGEST_PREFIX = "textclf.digest."  # + split name: textclf.data.prepare.split_digest of the split
-BASELINE_MACRO_F1 = "baseline_test_macro_f1"
+BASELINE_MACRO_F1 = f"{C.BASELINE_TEST_PREFIX}macro_f1"
 CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -90,9 +91,11 @@ def training_run(
                 flatten({s: cfg.model_dump(mode="json")[s] for s in ("data", "prepare", "model", "train")})
             )
             for split, frame in splits.items():
-                _log_dataset(frame, split, (cfg.paths.prepared / f"{split}.parquet").as_posix())
+                _log_dataset(frame, split, (cfg.paths.prepared / C.split_file(split)).as_posix())
             # the train split itself: monitoring compares traffic with it, wherever the champion came from
-            mlflow.log_artifact(str(root / cfg.paths.prepared / "train.parquet"), "prepared")
+            mlflow.log_artifact(
+                str(root / cfg.paths.prepared / C.split_file("train")), C.ARTIFACT_PREPARED_DIR
+            )
         yield run.info.run_id
 
 
@@ -118,16 +121,16 @@ def log_evaluation(
 ) -> None:
     """On the active run: test metrics (``test_*``, ``baseline_test_*``), the test dataset, reports."""
     model_id = model_uri.removeprefix("models:/")
-    _log_dataset(test, "test", (cfg.paths.prepared / "test.parquet").as_posix())
+    _log_dataset(test, "test", (cfg.paths.prepared / C.split_file("test")).as_posix())
     for source, values in metrics.items():
-        prefix = "test_" if source == "transformer" else f"{source}_test_"
+        prefix = C.TEST_PREFIX if source == "transformer" else f"{source}_{C.TEST_PREFIX}"
         numbers = {
             f"{prefix}{k}": float(v)
             for k, v in values.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         mlflow.log_metrics(numbers, model_id=model_id if source == "transformer" else None)
-    mlflow.log_artifacts(str(root / cfg.paths.evaluation), "eval")
+    mlflow.log_artifacts(str(root / cfg.paths.evaluation), C.ARTIFACT_EVAL_DIR)
     for target in ("raw", "prepared"):
         mlflow.log_artifacts(str(root / cfg.paths.reports / target), f"validation/{target}")
-    mlflow.log_artifact(str(root / cfg.paths.prepared / "manifest.json"), "prepared")
+    mlflow.log_artifact(str(root / cfg.paths.prepared / C.MANIFEST_FILE), C.ARTIFACT_PREPARED_DIR)

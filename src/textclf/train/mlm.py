@@ -10,6 +10,8 @@ from typing import Any
 from textclf.config import Config
 from textclf.data.normalize import normalize
 from textclf.errors import DataError
+from textclf.model.build import build_masked_lm
+from textclf.train.data import EncodedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,6 @@ def pretrain_mlm(
     training fingerprint changes, so a marker here always belongs to the current inputs.
     """
     from transformers import DataCollatorForLanguageModeling, Trainer
-
-    from textclf.model.build import build_masked_lm
-    from textclf.train.data import EncodedDataset
 
     if (out_dir / DONE_MARKER).is_file():
         logger.info("reusing MLM-pretrained weights in %s", out_dir)

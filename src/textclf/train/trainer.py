@@ -17,15 +17,18 @@ import numpy as np
 import pandas as pd
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from textclf import contracts as C
 from textclf.config import Config, apply_overrides
 from textclf.data.normalize import normalize
 from textclf.evaluate import metrics as M
+from textclf.model.build import build_classifier, build_tokenizer
+from textclf.model.predictor import Preprocessing
 from textclf.train.data import encode, resolve_labels
+from textclf.train.mlm import pretrain_mlm
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "textclf_fingerprint.json"
-RUN_ID_FILE = "mlflow_run_id"  # the MLflow run of the training these checkpoints belong to
 MLM_DIR = "mlm"
 _TRAINER_STATE = "trainer_state.json"
 
@@ -199,7 +202,7 @@ def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: str) -> bool:
     for path in checkpoint_dir.glob("checkpoint-*"):
         shutil.rmtree(path)
     shutil.rmtree(checkpoint_dir / MLM_DIR, ignore_errors=True)
-    (checkpoint_dir / RUN_ID_FILE).unlink(missing_ok=True)
+    (checkpoint_dir / C.RUN_ID_FILE).unlink(missing_ok=True)
     stored.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return False
 
@@ -228,9 +231,6 @@ def _trainer(
     datasets and callbacks, assembled into the Trainer."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
-
-    from textclf.model.build import build_classifier, build_tokenizer
-    from textclf.train.mlm import pretrain_mlm
 
     val = val.assign(n=val["text"].str.len()).sort_values("n", kind="stable")  # less padding in eval batches
     texts = {
@@ -290,8 +290,6 @@ def train_model(
     import torch
     from accelerate import PartialState
     from transformers import set_seed
-
-    from textclf.model.predictor import Preprocessing
 
     start = time.perf_counter()
     labels = resolve_labels(cfg.data.labels, train, val)

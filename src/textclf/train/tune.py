@@ -22,6 +22,9 @@ import yaml
 from textclf.config import Config, TuneDim, apply_overrides
 from textclf.data.prepare import read_split
 from textclf.errors import ConfigError
+from textclf.tracking.run import step_metrics
+from textclf.tracking.store import configure_mlflow
+from textclf.train.trainer import train_model
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,6 @@ def _objective(cfg: Config, splits: dict[str, Any]) -> Any:
     import mlflow
     import optuna
 
-    from textclf.tracking.run import step_metrics
-    from textclf.train.trainer import train_model
-
     def objective(trial: optuna.Trial) -> float:
         params = {key: suggest(trial, key, dim) for key, dim in cfg.tune.space.items()}
         trial_cfg = apply_overrides(cfg, nested(params))
@@ -110,8 +110,6 @@ def tune(
     """Run the search; returns the best trial and writes ``<paths.tune>/best_params.yaml``."""
     import mlflow
     import optuna
-
-    from textclf.tracking.store import configure_mlflow
 
     for key, dim in cfg.tune.space.items():  # an unknown key fails now, naming it, not in the first trial
         apply_overrides(cfg, nested({key: dim.choices[0] if dim.choices else dim.low}))

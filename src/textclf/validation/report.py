@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUMMARY_FILE = "summary.json"
+from textclf import contracts as C
+
 GX_RESULT_FILE = "gx_result.json"
-DATA_DOCS_DIR = "data_docs"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _short(value: Any, limit: int) -> str:
 
 def write_summary(report: ValidationReport, out_dir: Path, extra: dict[str, Any]) -> Path:
     """summary.json: sorted keys, no timestamps or run ids — same data and params, same bytes."""
-    path = out_dir / SUMMARY_FILE
+    path = out_dir / C.SUMMARY_FILE
     payload = {**report.to_dict(), **extra}
     path.write_text(
         json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n",

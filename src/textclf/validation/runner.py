@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from textclf.errors import ConfigError
 from textclf.validation.report import CheckResult
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,6 @@ def _expectation(check: PlannedCheck) -> Any:
     expectation = check.build(**kwargs)
     if check.mostly < 1.0:
         if "mostly" not in type(expectation).__fields__:
-            from textclf.errors import ConfigError
-
             raise ConfigError(
                 f"validation check {check.name!r} is not row-level: it takes no 'mostly' tolerance"
             )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from textclf import contracts as C
 from textclf.config import (
     PREPARED_CHECK_NAMES,
     RAW_CHECK_NAMES,
@@ -26,8 +27,8 @@ from textclf.config import (
     ValidationConfig,
 )
 from textclf.errors import ConfigError, DataError
+from textclf.validation import expectations as custom
 from textclf.validation.report import (
-    DATA_DOCS_DIR,
     GX_RESULT_FILE,
     CheckResult,
     ValidationReport,
@@ -37,7 +38,6 @@ from textclf.validation.runner import ROWS, PlannedCheck, run_checks
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 PREPARED_COLUMNS = ("id", "text", "label")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -78,7 +78,7 @@ def class_table(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     """One row per (split, class) — zeros included — with the count and the fraction of the split."""
     counts = frame.groupby(["split", "label"], observed=True).size()
     rows = []
-    for split in SPLITS:
+    for split in C.SPLITS:
         total = int((frame["split"] == split).sum())
         for label in labels:
             n = int(counts.get((split, label), 0))
@@ -119,8 +119,6 @@ def raw_plan(
 ) -> tuple[list[PlannedCheck], dict[str, str]]:
     """The raw suite for a table with ``columns``: (checks to run, skipped name -> reason)."""
     import great_expectations as gx
-
-    from textclf.validation import expectations as custom
 
     rcfg, gxe = vcfg.raw, gx.expectations
     plan = _policy(rcfg.checks, RAW_CHECK_NAMES, "validation.raw")
@@ -208,8 +206,6 @@ def prepared_plan(
     """The prepared suite on the concatenated splits (with a ``split`` column) and derived tables."""
     import great_expectations as gx
 
-    from textclf.validation import expectations as custom
-
     pcfg, gxe = vcfg.prepared, gx.expectations
     plan = _policy(pcfg.checks, PREPARED_CHECK_NAMES, "validation.prepared")
     planned = [
@@ -278,10 +274,10 @@ def validate_prepared(
     splits: Mapping[str, pd.DataFrame], data_cfg: DataConfig, vcfg: ValidationConfig, out_dir: Path
 ) -> ValidationReport:
     """Validate the train/val/test frames (columns id, text, label) together; write reports."""
-    absent = [s for s in SPLITS if s not in splits]
+    absent = [s for s in C.SPLITS if s not in splits]
     if absent:
         raise DataError(f"prepared data lacks split(s): {', '.join(absent)}")
-    rows = gx_safe(pd.concat([splits[s].assign(split=s) for s in SPLITS], ignore_index=True))
+    rows = gx_safe(pd.concat([splits[s].assign(split=s) for s in C.SPLITS], ignore_index=True))
     columns = [str(c) for c in rows.columns]
     has_text, has_label = "text" in columns, "label" in columns
     if has_label:
@@ -318,7 +314,7 @@ def _run(
     out_dir: Path,
 ) -> list[CheckResult]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, raw = run_checks(suite, assets, planned, vcfg.example_rows, out_dir / DATA_DOCS_DIR)
+    results, raw = run_checks(suite, assets, planned, vcfg.example_rows, out_dir / C.DATA_DOCS_DIR)
     (out_dir / GX_RESULT_FILE).write_text(
         json.dumps(raw, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
     )
@@ -376,7 +372,7 @@ def _raw_stats(rows: pd.DataFrame, text: str, label: str, pairs: pd.DataFrame | 
 def _prepared_stats(rows: pd.DataFrame, assets: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "rows": len(rows),
-        "split_rows": {s: int((rows["split"] == s).sum()) for s in SPLITS},
+        "split_rows": {s: int((rows["split"] == s).sum()) for s in C.SPLITS},
     }
     if "text" in rows.columns:
         stats["duplicate_rows_within_split"] = int(rows.duplicated(subset=["text", "split"]).sum())
@@ -389,6 +385,6 @@ def _prepared_stats(rows: pd.DataFrame, assets: Mapping[str, pd.DataFrame]) -> d
         table = assets["class_table"]
         stats["class_counts"] = {
             s: dict(zip(part["label"].astype(str), part["count"].astype(int).tolist(), strict=True))
-            for s, part in ((s, table[table["split"] == s]) for s in SPLITS)
+            for s, part in ((s, table[table["split"] == s]) for s in C.SPLITS)
         }
     return stats

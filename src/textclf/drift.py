@@ -27,8 +27,14 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
+from textclf.model.predictor import Predictor
+from textclf.serving.records import TRAFFIC, read_records
+from textclf.tracking import registry as R
+from textclf.tracking.pyfunc import download_model_dir
+from textclf.tracking.store import client, configure_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ class DriftReport:
         )
 
 
-def compare(
+def measure_drift(
     records: list[dict[str, Any]],
     train: pd.DataFrame,
     reference: pd.DataFrame,
@@ -152,18 +158,14 @@ def compare(
 def _champion_material(
     cfg: Config, root: Path, tmp: Path
 ) -> tuple[str, str, pd.DataFrame, pd.DataFrame, Any, list[str]]:
-    from textclf.gate import registry as R
-    from textclf.model.predictor import Predictor
-    from textclf.tracking.pyfunc import download_model_dir
-    from textclf.tracking.store import client
 
     c, model = client(cfg, root), cfg.mlflow.registered_model
     version = R.alias(c, model, R.CHAMPION)
     if version is None:
         raise TextclfError(f"{model} has no @champion to monitor")
     mv = c.get_model_version(model, version)
-    train = pd.read_parquet(c.download_artifacts(mv.run_id, "prepared/train.parquet", str(tmp)))
-    reference = pd.read_parquet(c.download_artifacts(mv.run_id, "eval/predictions.parquet", str(tmp)))
+    train = pd.read_parquet(c.download_artifacts(mv.run_id, C.ARTIFACT_TRAIN, str(tmp)))
+    reference = pd.read_parquet(c.download_artifacts(mv.run_id, C.ARTIFACT_PREDICTIONS, str(tmp)))
     predictor = Predictor(download_model_dir(c, str(mv.source), tmp / "model"), device="cpu")
     return version, mv.run_id, train, reference, predictor.tokenizer, predictor.labels
 
@@ -172,9 +174,7 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
     """Measure the recorded traffic against the champion; write the report, log a monitoring run."""
     import os
 
-    from textclf.serving.records import TRAFFIC, read_records
-
-    folder = Path(os.environ.get("TEXTCLF_MONITORING_DIR") or root / cfg.serve.monitoring.dir)
+    folder = Path(os.environ.get(C.ENV_MONITORING_DIR) or root / cfg.serve.monitoring.dir)
     with tempfile.TemporaryDirectory(prefix="textclf-monitor-") as tmp:
         version, run_id, train, reference, tokenizer, labels = _champion_material(cfg, root, Path(tmp))
         bad: list[str] = []
@@ -197,7 +197,7 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
                 f"monitor.min_records {cfg.monitor.min_records}"
             )
         else:
-            report.values, report.drifted = compare(records, train, reference, tokenizer, labels, cfg)
+            report.values, report.drifted = measure_drift(records, train, reference, tokenizer, labels, cfg)
     out = root / cfg.paths.reports / "monitoring"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.markdown(), encoding="utf-8")
@@ -212,8 +212,6 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
 def _log_run(cfg: Config, root: Path, report: DriftReport, out: Path) -> None:
     """A monitoring run in MLflow, linked to the champion version and its training run by tags."""
     import mlflow
-
-    from textclf.tracking.store import configure_mlflow
 
     configure_mlflow(cfg, root)
     with mlflow.start_run(run_name=f"monitor v{report.champion}"):

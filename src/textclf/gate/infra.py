@@ -10,6 +10,7 @@ and run the Bento was built from.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -23,7 +24,11 @@ import httpx
 import numpy as np
 
 from textclf.config import Config
+from textclf.gate.behaviour import cases_for
+from textclf.model.predictor import Predictor
+from textclf.serving import auth
 from textclf.serving.package import ServeFailed, served
+from textclf.serving.release import package_version, served_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +45,13 @@ class InfraResult:
 
 
 def replay(
-    base: str, texts: Sequence[str], concurrency: int
+    base: str, texts: Sequence[str], concurrency: int, headers: dict[str, str] | None = None
 ) -> tuple[list[int], list[str | None], list[float]]:
     """One request per text, ``concurrency`` at a time: status codes, labels (None unless 200), ms."""
 
     def one(text: str) -> tuple[int, str | None, float]:
         start = time.perf_counter()
-        resp = httpx.post(f"{base}/classify", json={"texts": [text]}, timeout=60)
+        resp = httpx.post(f"{base}/classify", json={"texts": [text]}, headers=headers, timeout=60)
         ms = (time.perf_counter() - start) * 1000
         return resp.status_code, resp.json()[0]["label"] if resp.status_code == 200 else None, ms
 
@@ -69,13 +74,18 @@ def infra_validate(
 ) -> InfraResult:
     """Serve ``bento_tag`` and judge it against ``offline_labels`` (the same model, predicted offline)."""
     start = time.perf_counter()
+    # The Bento is served as deployed (token auth on) with a token of its own for this run, whose
+    # bucket holds every request the validation sends; the caller's tokens are not served.
+    token, entry = auth.issue(["classify", "read"], rate_limit_burst=2 * len(texts) + 1)
+    env = {auth.TOKENS_ENV: json.dumps({"infra-validation": entry}), auth.TOKENS_FILE_ENV: ""}
+    headers = {"authorization": f"Bearer {token}"}
     try:
-        with served(bento_tag, log_path, timeout_s) as base:
-            metadata = httpx.get(f"{base}/metadata", timeout=30).json()
-            codes, labels, ms = replay(base, texts, concurrency)
+        with served(bento_tag, log_path, timeout_s, env=env) as base:
+            metadata = httpx.get(f"{base}/metadata", headers=headers, timeout=30).json()
+            codes, labels, ms = replay(base, texts, concurrency, headers)
             # Latency as one client sees it (the gate's budget is per single text): a sequential pass;
             # under concurrency on a small machine p95 is mostly queueing, reported beside it.
-            _, _, single_ms = replay(base, texts[:100], 1)
+            _, _, single_ms = replay(base, texts[:100], 1, headers)
     except ServeFailed as err:
         return InfraResult(
             False, f"the Bento did not start serving: {str(err)[:300]}", seconds=time.perf_counter() - start
@@ -108,13 +118,9 @@ def validate_candidate(
 ) -> tuple[InfraResult, str]:
     """Package registry ``version``'s Bento and validate it against the same model's offline predictions
     on the golden set: ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
-    from textclf.gate.behaviour import cases_for
-    from textclf.model.predictor import Predictor
-    from textclf.serving.release import package
-    from textclf.tracking.pyfunc import served_model_dir
 
     icfg = cfg.gate.infra_validation
-    bento = package(cfg, root, version).bento_tag
+    bento = package_version(cfg, root, version).bento_tag
     texts = [
         *test_texts[: icfg.golden_texts],
         *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),

@@ -26,8 +26,10 @@ from urllib.parse import unquote, urlparse
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from textclf import contracts as C
 from textclf.config import GateRegistryConfig
 from textclf.errors import TextclfError
+from textclf.tracking.store import use_store
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,6 @@ class PromotionConflict(RegistryError):
     """The champion changed between the decision and the alias move (another gate run won)."""
 
     exit_code = 6
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 # --------------------------------------------------------------------------- locking
@@ -144,7 +142,6 @@ def require_version(c: MlflowClient, model: str, version: str) -> None:
 def register(c: MlflowClient, model: str, run_id: str, source: str) -> str:
     """``source`` (``models:/m-<id>``) as a new version with alias ``challenger``; a run already
     registered returns its newest version (made challenger again if it holds no alias)."""
-    from textclf.tracking.store import use_store
 
     existing = sorted(
         int(mv.version) for mv in c.search_model_versions(f"name='{model}' and run_id='{run_id}'")
@@ -219,7 +216,7 @@ def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
 
 
 def _record(c: MlflowClient, model: str, version: str, replaced: str | None, via: str, reason: str) -> None:
-    at = now()
+    at = C.now()
     tags = {
         "promoted_at": at,
         "promoted_via": via,

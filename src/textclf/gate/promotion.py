@@ -20,19 +20,20 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.data.prepare import read_split, split_digest
 from textclf.errors import TextclfError
-from textclf.gate import registry as R
 from textclf.gate.decision import Criterion, Decision, decide
 from textclf.gate.decision import reason as reason_line
 from textclf.gate.evidence import score_version
+from textclf.gate.infra import validate_candidate
+from textclf.serving.package import label_bento
+from textclf.tracking import registry as R
 from textclf.tracking.store import client as make_client
 from textclf.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
-
-RECORDS_DIR = "gate"
 
 
 class GateRejected(TextclfError):
@@ -124,7 +125,7 @@ def run_gate(
     bento = None
     if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
         decision, bento = _infra_validation(cfg, root, c, cand, ch.run_id, test, decision)
-    decided_at = R.now()
+    decided_at = C.now()
     promoted, error = False, None
     try:
         if decision.promote and not dry_run:
@@ -137,7 +138,7 @@ def run_gate(
         message = _message(decision, cand, champion, dry_run, promoted, error)
         record = _write_record(cfg, root, decision, cand, champion, digest, notes, message, dry_run)
         if not dry_run:
-            _publish(c, model, cand, ch.run_id, decision, record, decided_at)
+            _record_on_registry(c, model, cand, ch.run_id, decision, record, decided_at)
     if error is not None:
         raise error
     return GateOutcome(decision, cand, promoted, message, record, notes, bento)
@@ -146,10 +147,8 @@ def run_gate(
 def _infra_validation(
     cfg: Config, root: Path, c: MlflowClient, cand: str, run_id: str | None, test: Any, decision: Decision
 ) -> tuple[Decision, str]:
-    """Build and serve the candidate's Bento (textclf.serving.infra); the result is one more row, and a
+    """Build and serve the candidate's Bento (textclf.gate.infra); the result is one more row, and a
     failure means no promotion and a Bento labelled rejected."""
-    from textclf.serving.infra import validate_candidate
-    from textclf.serving.package import label_bento
 
     result, bento = validate_candidate(cfg, root, c, cand, run_id, test["text"].tolist())
     row = Criterion(
@@ -200,15 +199,15 @@ def _write_record(
     dry_run: bool,
 ) -> Path:
     """``decision-<id>[.dry-run].json|.md`` plus ``latest.json|.md`` under ``<paths.reports>/gate/``."""
-    out = root / cfg.paths.reports / RECORDS_DIR
+    out = root / cfg.paths.reports / C.GATE_RECORDS_DIR
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "decision_id": decision.id,
-        "created_at": R.now(),
+        "created_at": C.now(),
         "registered_model": cfg.mlflow.registered_model,
         "candidate": cand,
         "champion_before": champion,
-        "test_split": {"path": (cfg.paths.prepared / "test.parquet").as_posix(), "digest": digest},
+        "test_split": {"path": (cfg.paths.prepared / C.split_file("test")).as_posix(), "digest": digest},
         "outcome": message,
         "dry_run": dry_run,
         "notes": list(notes),
@@ -227,17 +226,17 @@ def _write_record(
     return out / f"{stem}.json"
 
 
-def _publish(
+def _record_on_registry(
     c: MlflowClient, model: str, version: str, run_id: str | None, decision: Decision, record: Path, at: str
 ) -> None:
     """The record on the candidate's run; result, reason and a link to the record on its version."""
     link = f"decision record: {record.name}"
     if run_id:
         for path in (record, record.with_suffix(".md")):
-            c.log_artifact(run_id, str(path), RECORDS_DIR)
+            c.log_artifact(run_id, str(path), C.GATE_RECORDS_DIR)
         c.set_tag(run_id, R.GATE_DECISION, decision.id)  # the flow's "already judged" marker
         experiment = c.get_run(run_id).info.experiment_id
-        path = f"#/experiments/{experiment}/runs/{run_id}/artifacts/{RECORDS_DIR}/{record.name}"
+        path = f"#/experiments/{experiment}/runs/{run_id}/artifacts/{C.GATE_RECORDS_DIR}/{record.name}"
         link = f"[decision record]({path})"
     tags = {
         R.GATE_DECISION: decision.id,

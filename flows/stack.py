@@ -35,6 +35,7 @@ import httpx
 
 from textclf.env import TELEMETRY_OFF
 from textclf.errors import TextclfError
+from textclf.serving.package import free_port
 
 SERVICES = ("postgres", "s3", "mlflow", "prefect-server", "prefect-worker")
 MLFLOW_BUCKET, DVC_BUCKET = "textclf-mlflow", "textclf-dvc"
@@ -74,8 +75,6 @@ class Stack:
         self.state_file = self.dir / "state.json"
         state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
         if not (ports := state.get("ports")):
-            from textclf.serving.package import free_port
-
             ports = {s: free_port() for s in SERVICES[:4]}
         self.ports: dict[str, int] = ports
         self.pids: dict[str, int] = state.get("pids", {})

@@ -26,15 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from textclf import contracts as C
 from textclf.config import VariantsConfig
 from textclf.errors import ModelSourceError
 from textclf.evaluate import metrics as M
 from textclf.model.predictor import ONNX_FILES, Predictor
 
 log = logging.getLogger(__name__)
-
-VARIANTS_DIR = "variants"
-PARITY_FILE = "parity.json"
 
 
 def export_onnx(model_dir: Path, out_dir: Path) -> None:
@@ -166,7 +164,7 @@ def score_variants(
             name,
             {k: v for k, v in row.items() if k != "problems"} | {"problems": row["problems"]},
         )
-    (out_dir / PARITY_FILE).write_text(
+    (out_dir / C.PARITY_FILE).write_text(
         json.dumps({"variants": rows}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     return rows
