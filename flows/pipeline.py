@@ -145,7 +145,7 @@ def training_pipeline(
     if reason:
         logger.info("triggered by %s", reason)
     if import_feedback:
-        from textclf.serving.records import import_feedback as merge
+        from textclf.data.feedback import import_feedback as merge
 
         logger.info(
             "%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True)

@@ -202,3 +202,107 @@ def test_code_change_reruns_evaluate_comment_change_retrains_nothing(project: Pa
         "evaluate": True,
     }
     assert repro.changed(project) == []
+
+
+# --------------------------------------------------------------------------- feedback import
+@pytest.fixture
+def feedback_project(tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path / "monitoring"))
+    return make_project(tmp_path, repo_root, small_corpus())
+
+
+def _feedback(folder: Path, ts: str, text: str, part: str) -> str:
+    """One feedback record in its own part file, as the service writes it."""
+    import uuid
+
+    from textclf.serving.records import FEEDBACK, PartWriter
+
+    item = {"id": uuid.uuid4().hex, "ts": ts, "text": text, "label": "positive", "model_version": "m:1"}
+    writer = PartWriter(folder, FEEDBACK, rotate_bytes=2**20)
+    writer.prefix = part
+    writer.write([item], fsync=True)
+    return item["id"]
+
+
+def test_feedback_import_by_id_takes_late_records_and_never_twice(feedback_project: Path) -> None:
+    from textclf.config import load_config
+    from textclf.data.feedback import import_feedback
+
+    cfg, folder = load_config(feedback_project / "params.yaml"), feedback_project.parent / "monitoring"
+    first = _feedback(folder, "2026-01-02T10:00:00.000+00:00", "物流很快，好评", "part-a")
+    part = folder / "feedback" / "date=2026-01-02" / "part-a-0000.jsonl"
+    part.write_bytes(part.read_bytes() + b'{"id": "torn", "ts": "2026-01-02T10:')  # a killed writer's tail
+    md5 = (feedback_project / "data.dvc").read_text()
+    # The documented command.
+    out = run([str(BIN / "python"), "-m", "textclf", "data", "import", "--feedback"], feedback_project)
+    assert "1 feedback rows added" in out.stdout
+    assert (feedback_project / "data.dvc").read_text() != md5
+    # Another replica's record, older than the one imported, reaches the store after the import.
+    late = _feedback(folder, "2026-01-02T09:00:00.000+00:00", "包装破损，但客服解决了", "part-b")
+    assert import_feedback(cfg, feedback_project, dvc=True) == 1
+    assert import_feedback(cfg, feedback_project, dvc=True) == 0
+    rows = pd.read_csv(feedback_project / cfg.paths.feedback, dtype=str)
+    assert rows["id"].tolist() == [first, late] and list(rows.columns[:3]) == ["id", "text", "label"]
+    assert set(rows["review"]) == {"pending"}
+
+
+def test_feedback_review_commands(feedback_project: Path) -> None:
+    folder, csv = feedback_project.parent / "monitoring", feedback_project / "data" / "feedback.csv"
+    ids = [
+        _feedback(folder, f"2026-01-02T1{i}:00:00.000+00:00", f"第{i}条反馈", f"part-{i}") for i in range(3)
+    ]
+    textclf = [str(BIN / "python"), "-m", "textclf"]
+    run([*textclf, "data", "import", "--feedback"], feedback_project)
+    assert "3 rows" in run([*textclf, "feedback", "list", "--status", "pending"], feedback_project).stdout
+    md5 = (feedback_project / "data.dvc").read_text()
+    assert (
+        "1 feedback rows approved" in run([*textclf, "feedback", "approve", ids[0]], feedback_project).stdout
+    )
+    assert (feedback_project / "data.dvc").read_text() != md5  # the review is a new data version
+    assert (
+        "1 feedback rows rejected" in run([*textclf, "feedback", "reject", ids[1]], feedback_project).stdout
+    )
+    run([*textclf, "feedback", "approve", "--all-pending"], feedback_project)
+    assert pd.read_csv(csv)["review"].tolist() == ["approved", "rejected", "approved"]
+    unknown = run([*textclf, "feedback", "approve", "nope"], feedback_project, check=False)
+    assert unknown.returncode == 3 and "no feedback with id" in unknown.stderr
+
+
+def test_feedback_import_interrupted_is_completed_by_the_rerun(
+    feedback_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc.repo import Repo
+
+    from textclf.config import load_config
+    from textclf.data.feedback import import_feedback
+
+    cfg, folder = load_config(feedback_project / "params.yaml"), feedback_project.parent / "monitoring"
+    csv = feedback_project / cfg.paths.feedback
+    _feedback(folder, "2026-01-02T10:00:00.000+00:00", "物流很快，好评", "part-a")
+    assert import_feedback(cfg, feedback_project, dvc=True) == 1
+    before, md5 = csv.read_bytes(), (feedback_project / "data.dvc").read_text()
+    _feedback(folder, "2026-01-02T11:00:00.000+00:00", "质量一般，价格偏贵", "part-b")
+
+    def torn_write(frame: pd.DataFrame, fh, **kwargs) -> None:  # noqa: ANN001
+        fh.write(frame.to_string()[:40])
+        raise OSError("killed in the middle of the write")
+
+    with monkeypatch.context() as m:  # a crash while the new file is written: the old one is intact
+        m.setattr(pd.DataFrame, "to_csv", torn_write)
+        with pytest.raises(OSError, match="killed"):
+            import_feedback(cfg, feedback_project, dvc=True)
+    assert csv.read_bytes() == before and not list(csv.parent.glob(".*.tmp"))
+
+    def crash(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("killed before dvc add")
+
+    with monkeypatch.context() as m:  # a crash after the file is replaced, before dvc add
+        m.setattr(Repo, "add", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            import_feedback(cfg, feedback_project, dvc=True)
+    assert len(pd.read_csv(csv)) == 2 and (feedback_project / "data.dvc").read_text() == md5
+    # The rerun adds nothing new but records the data version the crash left unrecorded.
+    assert import_feedback(cfg, feedback_project, dvc=True) == 0
+    assert (feedback_project / "data.dvc").read_text() != md5
+    status = run([str(BIN / "dvc"), "status", "data.dvc"], feedback_project).stdout
+    assert "changed" not in status, status

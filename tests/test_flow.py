@@ -184,7 +184,8 @@ def _champion_predictions(project: Path, texts: list[str]) -> list:
 
 
 def _record_traffic(folder: Path, texts: list[str], project: Path) -> None:
-    from textclf.serving.records import TRAFFIC, Recorder, now
+    from textclf.contracts import now
+    from textclf.serving.records import TRAFFIC, Recorder
 
     rec = Recorder(folder, TRAFFIC, queue_size=100_000, rotate_bytes=2**26)  # what the service writes
     for text, p in zip(texts, _champion_predictions(project, texts), strict=True):
@@ -245,8 +246,10 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     pipeline, project: Path, tmp_path: Path, monkeypatch
 ) -> None:  # noqa: ANN001
     from textclf.config import load_config
+    from textclf.contracts import now
+    from textclf.data.feedback import feedback_rows, import_feedback, review
     from textclf.data.prepare import read_split
-    from textclf.serving.records import FEEDBACK, Recorder, import_feedback, now
+    from textclf.serving.records import FEEDBACK, Recorder
 
     cfg = load_config(project / "params.yaml")
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))
@@ -261,7 +264,8 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     rec.queue.join()
     md5_before = (project / "data.dvc").read_text()
     assert import_feedback(cfg, project, dvc=True) == 4
-    assert import_feedback(cfg, project, dvc=True) == 0  # append-only: nothing twice
+    assert import_feedback(cfg, project, dvc=True) == 0  # by id: nothing twice
+    assert review(cfg, project, feedback_rows(cfg, project)["id"].tolist(), "approved", dvc=True) == 4
     assert (project / "data.dvc").read_text() != md5_before  # a new data version
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
@@ -269,8 +273,11 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     assert manifest["feedback"] == {
         "rows": 4,
         "added_to_train": 3,
+        "excluded_unapproved": 0,
+        "excluded_over_submitter_cap": 0,
         "excluded_equal_to_val_or_test": 1,
         "dropped_duplicate_or_conflict": 0,
+        "excluded_over_train_share": 0,
     }
     from textclf.data.normalize import normalize
 

@@ -126,3 +126,105 @@ def test_recorder_never_raises_when_the_disk_fails(tmp_path: Path) -> None:
     while rec.dropped < 50 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rec.dropped == 50 and rec.written == 0 and accepted <= 50  # full queue or failed writes: counted
+
+
+def _part(folder: Path, name: str = "part-a-1-x-0000.jsonl") -> Path:
+    path = folder / TRAFFIC / "date=2026-01-01" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lines(folder: Path) -> list[bytes]:
+    return [line for p in sorted(folder.rglob("*.jsonl")) for line in p.read_bytes().splitlines()]
+
+
+def test_torn_and_undecodable_lines_are_skipped_and_counted(
+    material: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from textclf import drift as M
+
+    ok = _records(make_frame(2, seed=5), material["rng"])
+    good = [json.dumps(r, ensure_ascii=False).encode() for r in ok]
+    _part(tmp_path).write_bytes(good[0] + b"\n" + good[1][:25] + b"\n" + good[1] + b"\n")
+    _part(tmp_path, "part-b-2-y-0000.jsonl").write_bytes(b'{"ts": "2026-01-01", "text": "\xff\xfe"}\n')
+    bad: list[str] = []
+    assert [r["text"] for r in read_records(tmp_path, TRAFFIC, bad=bad)] == [ok[0]["text"], ok[1]["text"]]
+    assert len(bad) == 2 and bad[0].endswith("part-a-1-x-0000.jsonl:2")
+
+    # textclf monitor on that folder: judged on the 2 good records, the 2 bad lines in its report.
+    monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))
+    monkeypatch.setattr(
+        M,
+        "_champion_material",
+        lambda *a: ("1", "run", material["train"], material["reference"], material["tokenizer"], LABELS),
+    )
+    monkeypatch.setattr(M, "_log_run", lambda *a: None)
+    report = M.monitor(Config(monitor={"min_records": 2}), tmp_path / "project")
+    assert report.n == 2 and report.bad_lines == 2 and report.values
+    saved = json.loads((tmp_path / "project" / "artifacts/reports/monitoring/report.json").read_text())
+    assert saved["bad_lines"] == 2 and "2 unreadable record lines skipped" in report.markdown()
+
+
+def test_a_lone_surrogate_does_not_fail_its_batch(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, TRAFFIC, queue_size=100, rotate_bytes=2**20)
+    for text in ("好评", "a\ud800", "差评"):
+        rec.record({"ts": now(), "text": text})
+    rec.close()
+    assert rec.written == 3 and rec.dropped == 0
+    bad: list[str] = []
+    assert [r["text"] for r in read_records(tmp_path, TRAFFIC, bad=bad)] == ["好评", "a\ud800", "差评"]
+    assert bad == [] and len(_lines(tmp_path)) == 3
+
+
+def test_a_write_failing_half_way_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import io
+
+    class HalfWrite(io.FileIO):
+        def write(self, data: bytes) -> int:
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    rec = Recorder(tmp_path, TRAFFIC, queue_size=100, rotate_bytes=2**20)
+    batch = lambda tag: [{"ts": now(), "text": f"{tag}{i}" * 20} for i in range(50)]  # noqa: E731
+    for item in batch("a"):
+        rec.record(item)
+    rec.queue.join()
+    with monkeypatch.context() as m:  # the disk fills up in the middle of the second batch
+        m.setattr(Path, "open", lambda self, mode="r", buffering=-1: HalfWrite(self, mode.replace("b", "")))
+        for item in batch("b"):
+            rec.record(item)
+        rec.queue.join()
+    assert rec.written == 50 and rec.dropped == 50
+    for item in batch("c"):  # space again: the next batch is written
+        rec.record(item)
+    rec.close()
+    bad: list[str] = []
+    texts = [r["text"][:2] for r in read_records(tmp_path, TRAFFIC, bad=bad)]
+    assert bad == [] and texts == [f"a{i}"[:2] for i in range(50)] + [f"c{i}"[:2] for i in range(50)]
+    assert all(line.endswith(b"}") for line in _lines(tmp_path)) and len(_lines(tmp_path)) == 100
+
+
+def test_retention_removes_parts_by_age_then_by_total_size(tmp_path: Path) -> None:
+    import os
+
+    from textclf.serving.records import PartWriter, remove_old_parts
+
+    day = 86400
+    for i, age_days in enumerate([40, 31, 3, 2, 1]):  # 1000 bytes each
+        path = _part(tmp_path, f"part-h-1-r-{i:04d}.jsonl")
+        path.write_bytes(b"x" * 999 + b"\n")
+        os.utime(path, (time.time() - age_days * day,) * 2)
+    names = lambda: sorted(p.name[-9:-6] for p in (tmp_path / TRAFFIC).rglob("*.jsonl"))  # noqa: E731
+    assert remove_old_parts(tmp_path / TRAFFIC, retention_days=30, max_total_mb=None) == 2
+    assert names() == ["002", "003", "004"]
+    # 3000 bytes over a 2100-byte cap: the oldest goes.
+    assert remove_old_parts(tmp_path / TRAFFIC, retention_days=30, max_total_mb=2100 / 2**20) == 1
+    assert names() == ["003", "004"]
+    # A writer applies the policy when it starts (and at each rotation).
+    PartWriter(tmp_path, TRAFFIC, rotate_bytes=2**20, retention_days=1.5, max_total_mb=None)
+    assert names() == ["004"]

@@ -129,6 +129,46 @@ def test_prepare_end_to_end_counts_add_up() -> None:
         assert set(df.columns) == {"id", "text", "label"}
 
 
+def test_only_approved_feedback_within_the_caps_joins_train() -> None:
+    rows = [(f"好评 {i}", "positive") for i in range(100)] + [(f"差评 {i}", "negative") for i in range(100)]
+    feedback = pd.DataFrame(
+        [
+            # id, text, label, received_at, submitter, review
+            *[(f"a{i}", f"甲说好 {i}", "positive", f"t{i:02d}", "alice", "approved") for i in range(5)],
+            *[(f"b{i}", f"乙说差 {i}", "negative", f"t{i:02d}", "bob", "approved") for i in range(30)],
+            ("p", "还没审", "positive", "t00", "carol", "pending"),
+            ("r", "被拒绝", "negative", "t00", "carol", "rejected"),
+            ("x", "没有审核列之前", "positive", "t00", "", ""),
+        ],
+        columns=["id", "text", "label", "received_at", "submitter", "review"],
+        dtype=object,
+    )
+    cfg = PrepareConfig(val_fraction=0.1, test_fraction=0.2, seed=1)  # raw train: 140 rows
+    out = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), cfg, feedback)
+    # bob: 30 approved, 20 over max_per_submitter (earliest kept); 5 + 10 fit in 14 = 10% of train.
+    assert out.manifest["feedback"] == {
+        "rows": 38,
+        "added_to_train": 14,
+        "excluded_unapproved": 3,
+        "excluded_over_submitter_cap": 0,
+        "excluded_equal_to_val_or_test": 0,
+        "dropped_duplicate_or_conflict": 0,
+        "excluded_over_train_share": 21,
+    }
+    capped = cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"max_per_submitter": 10})})
+    out = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), capped, feedback)
+    fed = out.manifest["feedback"]
+    assert fed["excluded_over_submitter_cap"] == 20 and fed["added_to_train"] == 14
+    assert fed["excluded_over_train_share"] == 1
+    train = set(out.splits["train"]["text"])
+    # Earliest first: bob's 10th row (t09, the latest of the 15 left) is the one over the share.
+    assert {"还没审", "被拒绝", "没有审核列之前", "乙说差 10", "乙说差 9"}.isdisjoint(train)
+    assert {"乙说差 8", "甲说好 4"} <= train
+    open_review = capped.model_copy(update={"feedback": capped.feedback.model_copy(update={"review": False})})
+    fed = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), open_review, feedback)
+    assert fed.manifest["feedback"]["excluded_unapproved"] == 0
+
+
 def test_prepare_custom_columns_and_three_classes() -> None:
     frame = pd.DataFrame(
         {"body": [f"t{c}{i}" for c in "abc" for i in range(20)], "y": [c for c in "abc" for _ in range(20)]}

@@ -174,6 +174,22 @@ def test_non_utf8_file_is_reported_not_crashed(cfg: Config, tmp_path: Path) -> N
         run_validate_raw(run_cfg, tmp_path)
 
 
+def test_a_gb18030_file_names_its_encoding_and_reads_with_data_encoding(cfg: Config, tmp_path: Path) -> None:
+    from textclf.data.io import read_table
+
+    path = tmp_path / "reviews.csv"
+    raw_frame(200).to_csv(path, index=False, encoding="gb18030")
+    run_cfg = _with(cfg, {"paths": {"raw": str(path), "reports": str(tmp_path / "reports")}})
+    with pytest.raises(DataError) as err:
+        run_validate_raw(run_cfg, tmp_path)
+    assert "not UTF-8" in str(err.value) and "GB18030" in str(err.value), err.value
+    assert "data.encoding: gb18030" in str(err.value) and "iconv -f GB18030" in str(err.value)
+    run_validate_raw(_with(run_cfg, {"data": {"encoding": "gb18030"}}), tmp_path)  # passes
+    assert read_table(path, "csv", "gb18030")["text"].tolist() == raw_frame(200)["text"].tolist()
+    with pytest.raises(ConfigError, match="encoding"):
+        _with(cfg, {"data": {"encoding": "no-such-codec"}})
+
+
 def test_unknown_label_in_one_row_fails(cfg: Config, tmp_path: Path) -> None:
     frame = raw_frame(200)
     frame.loc[42, "label"] = "neutral"

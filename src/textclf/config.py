@@ -6,11 +6,12 @@ receive the sub-config they need. Unknown keys and bad values fail with a messag
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from textclf.errors import ConfigError
 
@@ -48,8 +49,19 @@ class DataConfig(_Frozen):
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
     text_column: str = "text"
     label_column: str = "label"
+    # Text encoding of a csv/jsonl raw file; a file in another one fails, naming the encoding it looks like.
+    encoding: str = "utf-8"
     # None: labels are inferred from the data, reported and recorded by validation.
     labels: tuple[str, ...] | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _labels_distinct(self) -> DataConfig:
@@ -156,6 +168,14 @@ class NormalizeConfig(_Frozen):
     lowercase: bool = False
 
 
+class FeedbackReviewConfig(_Frozen):
+    """Which rows of paths.feedback may join train (see textclf.data.feedback and prepare.add_feedback)."""
+
+    review: bool = True  # true: only rows approved with `textclf feedback approve`; false: every row
+    max_per_submitter: int | None = Field(default=100, ge=0)  # earliest first; None: no cap
+    max_train_share: float | None = Field(default=0.1, ge=0.0, le=1.0)  # of the raw train split
+
+
 class PrepareConfig(_Frozen):
     seed: int = 42
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
@@ -164,6 +184,7 @@ class PrepareConfig(_Frozen):
     # (ties dropped); first: keep the label of the first occurrence.
     conflict_policy: Literal["drop", "majority", "first"] = "drop"
     normalize: NormalizeConfig = NormalizeConfig()
+    feedback: FeedbackReviewConfig = FeedbackReviewConfig()
 
     @model_validator(mode="after")
     def _fractions(self) -> PrepareConfig:
@@ -384,6 +405,10 @@ class ServeMonitoringConfig(_Frozen):
     dir: Path = Path("monitoring")
     queue_size: int = Field(default=10_000, ge=1)  # records waiting for the writer; more are dropped
     rotate_mb: float = Field(default=64.0, gt=0.0)
+    # Traffic parts (user text) last written longer ago than this are removed, then the oldest until the
+    # rest fit in max_total_mb; applied when a writer starts and at each rotation. null: no limit.
+    retention_days: float | None = Field(default=30.0, gt=0.0)
+    max_total_mb: float | None = Field(default=2048.0, gt=0.0)
 
 
 class ServeConfig(_Frozen):

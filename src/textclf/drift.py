@@ -92,6 +92,7 @@ class DriftReport:
     thresholds: dict[str, float] = field(default_factory=dict)
     drifted: list[str] = field(default_factory=list)
     note: str = ""
+    bad_lines: int = 0  # record lines that did not parse (a torn tail, bad UTF-8): skipped
 
     @property
     def summary(self) -> str:
@@ -115,7 +116,8 @@ class DriftReport:
                     f"# Monitoring report: {self.summary}",
                     "",
                     f"champion v{self.champion} (run `{self.run_id}`), "
-                    f"records since {self.since or 'the start'}",
+                    f"records since {self.since or 'the start'}; "
+                    f"{self.bad_lines} unreadable record lines skipped",
                     "",
                     "| measure | value | threshold | result |",
                     "|---|---|---|---|",
@@ -175,9 +177,10 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
     folder = Path(os.environ.get(C.ENV_MONITORING_DIR) or root / cfg.serve.monitoring.dir)
     with tempfile.TemporaryDirectory(prefix="textclf-monitor-") as tmp:
         version, run_id, train, reference, tokenizer, labels = _champion_material(cfg, root, Path(tmp))
+        bad: list[str] = []
         records = [
             r
-            for r in read_records(folder, TRAFFIC, since)
+            for r in read_records(folder, TRAFFIC, since, bad)
             if r.get("model", "").startswith(cfg.serve.model_store_name)
         ]
         report = DriftReport(
@@ -186,6 +189,7 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
             since,
             len(records),
             thresholds=cfg.monitor.model_dump(exclude={"low_confidence", "min_records"}),
+            bad_lines=len(bad),
         )
         if len(records) < cfg.monitor.min_records:
             report.note = (
@@ -219,5 +223,11 @@ def _log_run(cfg: Config, root: Path, report: DriftReport, out: Path) -> None:
                 "mlflow.note.content": report.summary,
             }
         )
-        mlflow.log_metrics({"records": report.n, **{k: v for k, v in report.values.items() if v is not None}})
+        mlflow.log_metrics(
+            {
+                "records": report.n,
+                "bad_lines": report.bad_lines,
+                **{k: v for k, v in report.values.items() if v is not None},
+            }
+        )
         mlflow.log_artifacts(str(out), "monitoring")

@@ -29,7 +29,7 @@ def run_validate_raw(cfg: Config, root: Path) -> None:
     failures."""
     from textclf.validation.suites import validate_raw
 
-    frame = read_table(root / cfg.paths.raw, cfg.data.format)
+    frame = read_table(root / cfg.paths.raw, cfg.data.format, cfg.data.encoding)
     report = validate_raw(frame, cfg.data, cfg.validation, root / cfg.paths.reports / "raw")
     if not report.success:
         raise ValidationFailed(report.summary_text())
@@ -42,7 +42,7 @@ def run_prepare(cfg: Config, root: Path) -> dict[str, Any]:
 
     raw, feedback = root / cfg.paths.raw, root / cfg.paths.feedback
     extra = read_table(feedback, "csv") if feedback.is_file() else None
-    prepared = prepare(read_table(raw, cfg.data.format), cfg.data, cfg.prepare, extra)
+    prepared = prepare(read_table(raw, cfg.data.format, cfg.data.encoding), cfg.data, cfg.prepare, extra)
     manifest = write_prepared(prepared, root / cfg.paths.prepared, cfg.paths.raw, raw)
     log.info(
         "prepared %d rows → %s (dropped: %s)",

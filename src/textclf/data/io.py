@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -31,11 +32,38 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     raise DataError(f"cannot tell the format of {path} from its extension; set data.format")
 
 
-def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
+def check_encoding(path: Path, encoding: str) -> None:
+    """Fail when a file read as UTF-8 is in another encoding: most of its non-ASCII lines do not decode.
+    A few bad lines in a UTF-8 file are not this: validation counts them (``text_utf8``)."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    non_ascii = [line for line in raw.splitlines() if not line.isascii()]
+    bad = sum(1 for line in non_ascii if "\ufffd" in line.decode("utf-8", "replace"))
+    if 2 * bad <= len(non_ascii):
+        return
+    import charset_normalizer
+
+    best = charset_normalizer.from_bytes(raw).best()
+    guess = best.encoding.upper() if best else "unknown"
+    raise DataError(
+        f"{path} is not UTF-8 ({bad} of {len(non_ascii)} lines with non-ASCII bytes do not decode); it looks "
+        f"like {guess}. Set data.encoding: {guess.lower()} in params.yaml, or convert it: "
+        f"iconv -f {guess} -t UTF-8 {path} > converted.csv"
+    )
+
+
+def read_table(path: Path | str, fmt: str = "auto", encoding: str = "utf-8") -> pd.DataFrame:
     """Read a raw table with every column as strings, nothing cleaned.
 
     Undecodable bytes are kept as lone surrogates (``surrogateescape``) so that validation can
-    count and report them instead of the reader crashing on the first one.
+    count and report them instead of the reader crashing on the first one. A csv/jsonl file that is
+    not in ``encoding`` as a whole fails with the encoding it appears to be in (:func:`check_encoding`).
     """
     path = Path(path)
     if not path.exists():
@@ -43,6 +71,8 @@ def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"input is not a file: {path}")
     kind = detect_format(path, fmt)
+    if kind != "parquet":
+        check_encoding(path, encoding)
     try:
         if kind == "csv":
             frame = pd.read_csv(
@@ -51,12 +81,12 @@ def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
                 # surrogates that surrogateescape produces for undecodable bytes.
                 dtype=object,
                 keep_default_na=False,
-                encoding="utf-8",
+                encoding=encoding,
                 encoding_errors="surrogateescape",
                 sep="\t" if path.suffix.lower() == ".tsv" else ",",
             )
         elif kind == "jsonl":
-            frame = _read_jsonl(path)
+            frame = _read_jsonl(path, encoding)
         else:
             frame = pd.read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeError) as err:
@@ -66,9 +96,9 @@ def read_table(path: Path | str, fmt: str = "auto") -> pd.DataFrame:
     return frame
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
     records = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+    with open(path, encoding=encoding, errors="surrogateescape") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -146,11 +146,23 @@ def assert_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
 def add_feedback(
     splits: dict[str, pd.DataFrame], feedback: pd.DataFrame, data_cfg: DataConfig, cfg: PrepareConfig
 ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """Feedback rows (text, label) join the TRAIN split only: a feedback text equal to a val or test text
-    is excluded (evaluation never sees its own answers in training), one equal to a train text or to
-    another feedback text is a duplicate. The splits of the raw data do not move. Returns the new splits
-    and the counts."""
-    fb = drop_empty(normalize_texts(select_columns(feedback, data_cfg), cfg.normalize)).frame
+    """Feedback rows (text, label) join the TRAIN split only. With ``prepare.feedback.review`` only rows
+    approved by ``textclf feedback approve`` count; each submitter adds at most ``max_per_submitter`` rows
+    (earliest first). A feedback text equal to a val or test text is excluded (evaluation never sees its
+    own answers in training), one equal to a train text or to another feedback text is a duplicate, and
+    at most ``max_train_share`` of the raw train split is added (earliest first). The splits of the raw
+    data do not move. Returns the new splits and the counts."""
+    caps = cfg.feedback
+    fb = feedback.sort_values("received_at", kind="stable") if "received_at" in feedback else feedback
+    if caps.review:
+        review = fb["review"] if "review" in fb else pd.Series("pending", index=fb.index)
+        fb = fb[review == "approved"]
+    approved = len(fb)
+    if caps.max_per_submitter is not None:
+        submitter = fb["submitter"] if "submitter" in fb else pd.Series("", index=fb.index)
+        fb = fb[submitter.groupby(submitter).cumcount() < caps.max_per_submitter]
+    capped = len(fb)
+    fb = drop_empty(normalize_texts(select_columns(fb, data_cfg), cfg.normalize)).frame
     if data_cfg.labels is not None and (unknown := sorted(set(fb["label"]) - set(data_cfg.labels))):
         raise DataError(f"feedback labels not in data.labels {list(data_cfg.labels)}: {unknown[:5]}")
     held_out = set(splits["val"]["text"]) | set(splits["test"]["text"])
@@ -158,6 +170,9 @@ def add_feedback(
     fb = resolve_conflicts(fb[~in_eval], cfg.conflict_policy).frame
     new = dedupe(fb).frame
     new = new[~new["text"].isin(set(splits["train"]["text"]))]
+    kept = len(new)
+    if caps.max_train_share is not None:
+        new = new.iloc[: int(caps.max_train_share * len(splits["train"]))]
     train = pd.concat(
         [splits["train"], new.assign(id=[text_id(t) for t in new["text"]])[["id", "text", "label"]]]
     )
@@ -165,8 +180,11 @@ def add_feedback(
     return {**splits, "train": train}, {
         "rows": len(feedback),
         "added_to_train": len(new),
+        "excluded_unapproved": len(feedback) - approved,
+        "excluded_over_submitter_cap": approved - capped,
         "excluded_equal_to_val_or_test": int(in_eval.sum()),
-        "dropped_duplicate_or_conflict": len(feedback) - len(new) - int(in_eval.sum()),
+        "dropped_duplicate_or_conflict": capped - int(in_eval.sum()) - kept,
+        "excluded_over_train_share": kept - len(new),
     }
 
 

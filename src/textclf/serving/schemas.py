@@ -110,6 +110,7 @@ class TextPrediction(BaseModel):
 
 class FeedbackAck(BaseModel):
     accepted: bool
+    id: str = Field(description="The feedback record's id (on disk when this answer is sent)")
     label: str
     model_version: str = Field(description="The model the feedback is about")
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import random
+import uuid
 from pathlib import Path
 
 import bentoml
@@ -24,7 +25,7 @@ from fastapi.responses import RedirectResponse
 
 from textclf.contracts import ENV_MONITORING_DIR, now
 from textclf.serving import auth
-from textclf.serving.records import FEEDBACK, TRAFFIC, Recorder
+from textclf.serving.records import FEEDBACK, TRAFFIC, PartWriter, Recorder
 from textclf.serving.schemas import (
     BatchingInfo,
     FeedbackAck,
@@ -89,9 +90,19 @@ class TextClassifier:
         folder = Path(os.environ.get(ENV_MONITORING_DIR) or MONITORING.dir).resolve()
         rotate = int(MONITORING.rotate_mb * 2**20)
         self.traffic = (
-            Recorder(folder, TRAFFIC, MONITORING.queue_size, rotate) if MONITORING.enabled else None
+            Recorder(
+                folder,
+                TRAFFIC,
+                MONITORING.queue_size,
+                rotate,
+                MONITORING.retention_days,
+                MONITORING.max_total_mb,
+            )
+            if MONITORING.enabled
+            else None
         )
-        self.feedback_log = Recorder(folder, FEEDBACK, MONITORING.queue_size, rotate)
+        # Feedback is written (fsync) before /feedback answers; it is kept until imported.
+        self.feedback_log = PartWriter(folder, FEEDBACK, rotate)
         # Created per worker (the module is also imported by builds, where a second copy would clash).
         self.recorded = Counter(
             "textclf_monitoring_records", "Classified texts queued for the monitoring log"
@@ -99,6 +110,7 @@ class TextClassifier:
         self.dropped = Counter(
             "textclf_monitoring_dropped", "Monitoring records dropped (queue full, write failed)"
         )
+        self.dropped_seen = 0  # the recorder's drops already counted in /metrics
         log.info(
             "loaded %s on %s, runtime %s (%d torch threads, max_batch_size=%d)",
             self.tag,
@@ -136,9 +148,16 @@ class TextClassifier:
             for p in preds
         ]
 
+    @bentoml.on_shutdown
+    def drain_records(self) -> None:
+        """SIGTERM / redeploy: write the traffic records still queued before the worker exits."""
+        if self.traffic is not None:
+            self.traffic.close()
+            log.info("traffic records: %d written, %d dropped", self.traffic.written, self.traffic.dropped)
+
     def _record(self, texts: list[str], preds: list) -> None:
         """A sample of what was asked and answered; never slows or fails the request."""
-        ts, before = now(), self.traffic.dropped
+        ts = now()
         for text, pred in zip(texts, preds, strict=True):
             if MONITORING.sample_rate < 1.0 and random.random() >= MONITORING.sample_rate:
                 continue
@@ -158,22 +177,42 @@ class TextClassifier:
             }
             if self.traffic.record(item):
                 self.recorded.inc()
-        self.dropped.inc(self.traffic.dropped - before)
+        # Drops of this request (queue full) and of earlier batches the writer failed to write.
+        dropped, self.dropped_seen = self.traffic.dropped - self.dropped_seen, self.traffic.dropped
+        self.dropped.inc(dropped)
 
     @bentoml.api
-    def feedback(self, text: FeedbackText, label: str, model_version: str | None = None) -> FeedbackAck:
+    def feedback(
+        self,
+        text: FeedbackText,
+        label: str,
+        model_version: str | None = None,
+    ) -> FeedbackAck:
         """Report the right label for a text (validated like a text of /classify).
 
-        422: ``label`` is not one of the model's classes. The record goes to the feedback store, from
-        which ``textclf data import --feedback`` makes the next version of the data.
+        The record's ``submitter`` is the token's name: ``prepare.feedback.max_per_submitter`` caps what one
+        submitter adds to train. Imported feedback joins train once approved (``textclf feedback approve``).
+
+        422: ``label`` is not one of the model's classes. 503: the feedback store could not write it.
+        The record (with a new ``id``) is on disk (fsync) when this answers; ``textclf data import
+        --feedback`` makes the next version of the data from the feedback store.
         """
         if label not in self.predictor.labels:
             raise UnprocessableEntity(f"label {label!r} is not one of {self.predictor.labels}")
-        item = {"ts": now(), "text": text, "label": label, "model_version": model_version or self.tag}
-        item["submitter"] = auth.submitter()  # the token's name (None when serve.auth is none)
-        if not self.feedback_log.record(item):
-            raise ServiceUnavailable("the feedback store is busy; retry")
-        return FeedbackAck(accepted=True, label=label, model_version=item["model_version"])
+        item = {
+            "id": uuid.uuid4().hex,
+            "ts": now(),
+            "text": text,
+            "label": label,
+            "model_version": model_version or self.tag,
+            "submitter": auth.submitter() or "",  # the token's name (none when serve.auth is none)
+        }
+        try:
+            self.feedback_log.write([item], fsync=True)
+        except OSError as err:
+            log.error("feedback not stored: %s", err)
+            raise ServiceUnavailable("the feedback store cannot write; retry") from None
+        return FeedbackAck(accepted=True, id=item["id"], label=label, model_version=item["model_version"])
 
     @info_app.get("/metadata", response_model=ServiceMetadata)
     def metadata(self) -> ServiceMetadata:
