@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.monitoring:
         variants["batched+monitoring"] = (model_tag, batched.model_copy(update={"monitoring": on}))
     os.environ["TEXTCLF_MONITORING_DIR"] = str(Path(tempfile.mkdtemp(prefix="textclf-bench-monitoring-")))
-    from textclf.serving.records import TRAFFIC, read_records
+    from textclf.data.records import TRAFFIC, read_records
 
     print(f"model: {model_source}; texts: {text_source}; {args.texts_per_request} text(s)/request")
     serve = cfg.serve

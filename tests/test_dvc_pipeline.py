@@ -215,7 +215,7 @@ def _feedback(folder: Path, ts: str, text: str, part: str) -> str:
     """One feedback record in its own part file, as the service writes it."""
     import uuid
 
-    from textclf.serving.records import FEEDBACK, PartWriter
+    from textclf.data.records import FEEDBACK, PartWriter
 
     item = {"id": uuid.uuid4().hex, "ts": ts, "text": text, "label": "positive", "model_version": "m:1"}
     writer = PartWriter(folder, FEEDBACK, rotate_bytes=2**20)

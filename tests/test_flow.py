@@ -185,7 +185,7 @@ def _champion_predictions(project: Path, texts: list[str]) -> list:
 
 def _record_traffic(folder: Path, texts: list[str], project: Path) -> None:
     from textclf.contracts import now
-    from textclf.serving.records import TRAFFIC, Recorder
+    from textclf.data.records import TRAFFIC, Recorder
 
     rec = Recorder(folder, TRAFFIC, queue_size=100_000, rotate_bytes=2**26)  # what the service writes
     for text, p in zip(texts, _champion_predictions(project, texts), strict=True):
@@ -249,7 +249,7 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     from textclf.contracts import now
     from textclf.data.feedback import feedback_rows, import_feedback, review
     from textclf.data.prepare import read_split
-    from textclf.serving.records import FEEDBACK, Recorder
+    from textclf.data.records import FEEDBACK, Recorder
 
     cfg = load_config(project / "params.yaml")
     monkeypatch.setenv("TEXTCLF_MONITORING_DIR", str(tmp_path))

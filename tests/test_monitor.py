@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from textclf.config import Config, TokenizerConfig  # noqa: E402
 from textclf.contracts import now  # noqa: E402
+from textclf.data.records import TRAFFIC, Recorder, read_records  # noqa: E402
 from textclf.drift import label_js, measure_drift, ngram_js, psi  # noqa: E402
 from textclf.model.tokenizer import build_char_tokenizer  # noqa: E402
-from textclf.serving.records import TRAFFIC, Recorder, read_records  # noqa: E402
 from train_fixtures import make_frame  # noqa: E402
 
 LABELS = ["neg", "pos"]
@@ -212,7 +212,7 @@ def test_a_write_failing_half_way_leaves_no_torn_line(
 def test_retention_removes_parts_by_age_then_by_total_size(tmp_path: Path) -> None:
     import os
 
-    from textclf.serving.records import PartWriter, remove_old_parts
+    from textclf.data.records import PartWriter, remove_old_parts
 
     day = 86400
     for i, age_days in enumerate([40, 31, 3, 2, 1]):  # 1000 bytes each

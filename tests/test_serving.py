@@ -362,7 +362,7 @@ def test_concurrent_clients_have_no_errors_and_get_batched(server: str) -> None:
 
 
 def _count(folder: Path, kind: str, at_least: int) -> int:
-    from textclf.serving.records import read_records
+    from textclf.data.records import read_records
 
     deadline = time.monotonic() + 15  # the writer thread is asynchronous by design
     while (n := len(list(read_records(folder, kind)))) < at_least and time.monotonic() < deadline:
@@ -371,7 +371,7 @@ def _count(folder: Path, kind: str, at_least: int) -> int:
 
 
 def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) -> None:
-    from textclf.serving.records import TRAFFIC, read_records
+    from textclf.data.records import TRAFFIC, read_records
 
     before = len(list(read_records(monitoring_dir, TRAFFIC)))
     with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
@@ -388,7 +388,7 @@ def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) ->
 
 
 def test_feedback_is_validated_and_stored(server: str, monitoring_dir: Path) -> None:
-    from textclf.serving.records import FEEDBACK, read_records
+    from textclf.data.records import FEEDBACK, read_records
 
     cases = [
         ({"text": "质量很好，推荐", "label": "alpha"}, 200),
@@ -418,7 +418,7 @@ def test_sigterm_right_after_1000_feedbacks_loses_none(built: dict[str, str], tm
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from textclf.serving.records import FEEDBACK, TRAFFIC, read_records
+    from textclf.data.records import FEEDBACK, TRAFFIC, read_records
 
     folder, port = tmp_path / "monitoring", package.free_port()
     log = (tmp_path / "serve.log").open("wb")
@@ -526,7 +526,7 @@ def test_a_20mb_body_is_413_before_it_is_read(server: str) -> None:
 
 
 def test_a_post_that_is_not_json_is_415_and_nothing_is_recorded(server: str, monitoring_dir: Path) -> None:
-    from textclf.serving.records import FEEDBACK, TRAFFIC, read_records
+    from textclf.data.records import FEEDBACK, TRAFFIC, read_records
 
     time.sleep(1)  # records of earlier tests are written by now
     before = {kind: len(list(read_records(monitoring_dir, kind))) for kind in (TRAFFIC, FEEDBACK)}

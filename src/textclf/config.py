@@ -395,7 +395,7 @@ class GateConfig(_Frozen):
 
 
 class ServeMonitoringConfig(_Frozen):
-    """What the service records (see textclf.serving.records): a sample of requests, and feedback."""
+    """What the service records (see textclf.data.records): a sample of requests, and feedback."""
 
     enabled: bool = True
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -29,9 +29,9 @@ from scipy.spatial.distance import jensenshannon
 
 from textclf import contracts as C
 from textclf.config import Config
+from textclf.data.records import TRAFFIC, read_records
 from textclf.errors import TextclfError
 from textclf.model.predictor import Predictor
-from textclf.serving.records import TRAFFIC, read_records
 from textclf.tracking import registry as R
 from textclf.tracking.pyfunc import download_model_dir
 from textclf.tracking.store import client, configure_mlflow

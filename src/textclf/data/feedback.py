@@ -25,8 +25,8 @@ import pandas as pd
 
 from textclf.config import Config
 from textclf.contracts import ENV_MONITORING_DIR
+from textclf.data.records import FEEDBACK, read_records
 from textclf.errors import DataError
-from textclf.serving.records import FEEDBACK, read_records
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from textclf.contracts import ENV_MONITORING_DIR, now
+from textclf.data.records import FEEDBACK, TRAFFIC, PartWriter, Recorder
 from textclf.serving import auth
-from textclf.serving.records import FEEDBACK, TRAFFIC, PartWriter, Recorder
 from textclf.serving.schemas import (
     BatchingInfo,
     FeedbackAck,
