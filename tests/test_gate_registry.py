@@ -309,37 +309,99 @@ def test_forced_promote_rollback_and_history(project: dict) -> None:
         rollback(cfg, root, reason=" ")
 
 
-@pytest.mark.parametrize(("crash_on_call", "champion_after_crash"), [(2, "1"), (3, "2")])
-def test_crash_between_alias_moves(
-    project: dict, monkeypatch: pytest.MonkeyPatch, crash_on_call: int, champion_after_crash: str
-) -> None:
-    """The process dies at the 2nd alias write (champion still v1) or the 3rd (after champion moved):
-    either way champion is a vetted version, and the next gate finishes the job."""
+def _champion_random_after_good(project: dict, name: str) -> Config:
+    """v1 (good) replaced by v2 (random, forced): @champion v2, @previous-champion v1; v3 (copy) is
+    @challenger and passes the gate against v2."""
+    cfg, c = _cfg(name), project["client"]
+    assert [_register(project, cfg, w) for w in ("good", "random")] == ["1", "2"]
+    R.promote(c, name, "1", expected=None, via="manual", reason="setup")
+    R.promote(c, name, "2", expected="1", via="forced", reason="setup")
+    assert _register(project, cfg, "copy") == "3"
+    return cfg
+
+
+def _fail_on(monkeypatch: pytest.MonkeyPatch, method: str, key: str) -> None:
+    """Test-side fault injection: the MlflowClient write ``method`` raises once for alias/tag ``key``."""
     from mlflow.tracking import MlflowClient
 
-    name = f"m-crash-{crash_on_call}"
-    cfg, root, c = _cfg(name), project["root"], project["client"]
-    assert _register(project, cfg, "good") == "1"
-    assert run_gate(cfg, root).promoted
-    assert _register(project, cfg, "copy") == "2"  # identical: passes with min_improvement=0
-    real, calls = MlflowClient.set_registered_model_alias, []
+    real, fired = getattr(MlflowClient, method), []
 
-    def dying(self, model, alias, version):  # noqa: ANN001, ANN202
-        calls.append(alias)
-        if len(calls) == crash_on_call:
-            raise RuntimeError(f"simulated crash while setting @{alias}")
-        return real(self, model, alias, version)
+    def failing(self, model, *args):  # noqa: ANN001, ANN002, ANN202
+        if args[0] == key and not fired:  # (alias, version) or (version, tag key, value)
+            fired.append(key)
+            raise RuntimeError(f"simulated failure: {method} {key}")
+        return real(self, model, *args)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", dying)
-    monkeypatch.setattr(MlflowClient, "delete_registered_model_alias", lambda *a: dying(*a, None))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_gate(cfg, root)
+    if method == "set_model_version_tag":  # the key is the 2nd argument there
+
+        def failing(self, model, version, tag, value):  # noqa: ANN001, ANN202, F811
+            if tag == key and not fired:
+                fired.append(key)
+                raise RuntimeError(f"simulated failure: {method} {key}")
+            return real(self, model, version, tag, value)
+
+    monkeypatch.setattr(MlflowClient, method, failing)
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "moved"),
+    [
+        ("set_model_version_tag", R.PENDING, False),  # before any alias moves
+        ("set_registered_model_alias", R.CHAMPION, False),  # the commit point itself
+        ("delete_registered_model_alias", R.CHALLENGER, True),  # after it
+        ("set_model_version_tag", "textclf.promoted_at", True),  # after it: the bookkeeping
+    ],
+    ids=["tag-before", "champion-write", "challenger-delete", "tag-after"],
+)
+def test_gate_fault_outcome_is_what_the_registry_says_and_the_retry_finishes(
+    project: dict, monkeypatch: pytest.MonkeyPatch, method: str, key: str, moved: bool
+) -> None:
+    name = f"m-fault-{method[:3]}-{key.rsplit('.', 1)[-1]}"
+    cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
+    _fail_on(monkeypatch, method, key)
+    if moved:  # @champion moved: promoted, and the failure after it is logged, not the outcome
+        outcome = run_gate(cfg, root)
+        assert outcome.promoted and "unfinished" in outcome.message, outcome.message
+    else:
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            run_gate(cfg, root)
     monkeypatch.undo()
-    assert R.alias(c, name, "champion") == champion_after_crash  # a vetted version, never nothing
-    assert R.alias(c, name, "previous-champion") == "1"
-    outcome = run_gate(cfg, root, version="2")  # the next run finishes or reports it already done
-    assert outcome.promoted or "already the champion" in outcome.decision.reason
-    assert R.alias(c, name, "champion") == "2"
+    assert R.alias(c, name, "champion") == ("3" if moved else "2")
+    latest = json.loads((root / cfg.paths.reports / "gate" / "latest.json").read_text(encoding="utf-8"))
+    assert latest["candidate"] == "3" and latest["outcome"].startswith(
+        "v3 promoted to @champion (was v2)" if moved else "v3 not promoted: simulated failure"
+    ), latest["outcome"]
+    if moved:
+        assert R.pending(c, name, "3")  # an unfinished promotion stays marked for the retry
+
+    retry = run_gate(cfg, root)  # the task's retry: the candidate is @challenger, else @champion
+    assert retry.promoted and retry.version == "3" and retry.decision.champion == "2", retry.message
+    assert _aliases(project, name) == {"champion": "3", "previous-champion": "2"}
+    tags = c.get_model_version(name, "3").tags
+    assert tags["textclf.promoted_via"] == "gate" and tags[R.REPLACED] == "2" and R.PENDING not in tags
+    assert tags[R.GATE_RESULT] == "pass" and "textclf.promoted_at" in tags
+    assert c.get_model_version(name, "2").tags["textclf.replaced_by"] == "3"
+    again = run_gate(cfg, root, version="3")  # finished: now it is just the champion again
+    assert not again.promoted and "already the champion" in again.decision.reason
+
+
+def test_rollback_reaches_the_replaced_version_when_previous_champion_was_lost(
+    project: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure between the @previous-champion and @champion writes leaves @previous-champion on the
+    champion itself: the rollback target is the version the champion's ``replaced`` tag names."""
+    name = "m-lost-previous"
+    cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
+    _fail_on(monkeypatch, "set_registered_model_alias", R.CHAMPION)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        R.promote(c, name, "3", expected="2", via="gate", reason="fails half way")
+    monkeypatch.undo()
+    assert _aliases(project, name) == {"champion": "2", "previous-champion": "2", "challenger": "3"}
+    back = rollback(cfg, root, reason="v2 misbehaves")
+    assert (back.champion, back.replaced) == ("1", "2")
+    assert _aliases(project, name) == {"champion": "1", "previous-champion": "2", "challenger": "3"}
+    c.delete_registered_model_alias(name, "previous-champion")  # lost outright: the tag still knows
+    assert rollback(cfg, root, reason="and back").champion == "2"
 
 
 def test_promotion_is_compare_and_set(project: dict) -> None:
