@@ -413,6 +413,36 @@ def test_promotion_is_compare_and_set(project: dict) -> None:
     assert R.alias(c, "m-cas", "champion") == v1
 
 
+@pytest.fixture(scope="module")
+def prefect_api():  # noqa: ANN201
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.mark.parametrize(
+    "limit", [{"limit": 5, "active": True}, {"limit": 1, "active": False}], ids=["limit-5", "inactive"]
+)
+def test_gate_refuses_a_prefect_lock_that_excludes_nobody(project: dict, prefect_api, limit: dict) -> None:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+
+    name = f"m-gcl-{limit['limit']}"
+    cfg, root = _cfg(name, registry={"lock": "prefect", "lock_timeout_s": 10}), project["root"]
+    v = _register(project, cfg, "good")
+    gcl = f"textclf-registry-{name}"
+    with get_client(sync_client=True) as client:  # somebody widened or disabled the lock's limit
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=gcl, **limit))
+    with pytest.raises(R.RegistryError, match=f"{gcl} is a Prefect concurrency limit .* must be limit 1"):
+        run_gate(cfg, root)
+    assert _aliases(project, name) == {"challenger": v}  # nothing moved
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(gcl, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+    promote(cfg, root, v, force=True, reason="the lock excludes again")
+    assert _aliases(project, name) == {"champion": v}
+
+
 def test_file_lock_excludes_a_second_writer(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     rc = Config().gate.registry.model_copy(update={"lock_timeout_s": 0.5})
