@@ -22,6 +22,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 torch = pytest.importorskip("torch")
 
+from textclf import runs  # noqa: E402
 from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
@@ -371,8 +372,8 @@ def test_gate_fault_outcome_is_what_the_registry_says_and_the_retry_finishes(
     assert latest["candidate"] == "3" and latest["outcome"].startswith(
         "v3 promoted to @champion (was v2)" if moved else "v3 not promoted: simulated failure"
     ), latest["outcome"]
-    if moved:
-        assert R.pending(c, name, "3")  # an unfinished promotion stays marked for the retry
+    if moved:  # an unfinished promotion stays marked: a re-run of the flow gates it again
+        assert R.pending(c, name, "3") and not runs.judged(cfg, root, project["runs"]["copy"])
 
     retry = run_gate(cfg, root)  # the task's retry: the candidate is @challenger, else @champion
     assert retry.promoted and retry.version == "3" and retry.decision.champion == "2", retry.message
@@ -381,6 +382,7 @@ def test_gate_fault_outcome_is_what_the_registry_says_and_the_retry_finishes(
     assert tags["textclf.promoted_via"] == "gate" and tags[R.REPLACED] == "2" and R.PENDING not in tags
     assert tags[R.GATE_RESULT] == "pass" and "textclf.promoted_at" in tags
     assert c.get_model_version(name, "2").tags["textclf.replaced_by"] == "3"
+    assert runs.judged(cfg, root, project["runs"]["copy"])
     again = run_gate(cfg, root, version="3")  # finished: now it is just the champion again
     assert not again.promoted and "already the champion" in again.decision.reason
 
