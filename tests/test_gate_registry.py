@@ -326,20 +326,13 @@ def _fail_on(monkeypatch: pytest.MonkeyPatch, method: str, key: str) -> None:
     from mlflow.tracking import MlflowClient
 
     real, fired = getattr(MlflowClient, method), []
+    at = 1 if method == "set_model_version_tag" else 0  # (version, key, value) or (alias[, version])
 
     def failing(self, model, *args):  # noqa: ANN001, ANN002, ANN202
-        if args[0] == key and not fired:  # (alias, version) or (version, tag key, value)
+        if args[at] == key and not fired:
             fired.append(key)
             raise RuntimeError(f"simulated failure: {method} {key}")
         return real(self, model, *args)
-
-    if method == "set_model_version_tag":  # the key is the 2nd argument there
-
-        def failing(self, model, version, tag, value):  # noqa: ANN001, ANN202, F811
-            if tag == key and not fired:
-                fired.append(key)
-                raise RuntimeError(f"simulated failure: {method} {key}")
-            return real(self, model, version, tag, value)
 
     monkeypatch.setattr(MlflowClient, method, failing)
 

@@ -143,6 +143,7 @@ def run_gate(
                     )
             except Exception as err:  # noqa: BLE001 - the registry says below what it did
                 error = err
+            promoted = error is None  # what the record says should the registry be unreadable now
             promoted = R.alias(c, model, R.CHAMPION) == cand
     finally:
         message = _message(decision, cand, champion, dry_run, promoted, error)
