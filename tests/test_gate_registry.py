@@ -6,6 +6,7 @@ given by marker characters), an identical copy logged as another run, and an unt
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -321,7 +322,9 @@ def _champion_random_after_good(project: dict, name: str) -> Config:
     return cfg
 
 
-def _fail_on(monkeypatch: pytest.MonkeyPatch, method: str, key: str) -> None:
+def _fail_on(
+    monkeypatch: pytest.MonkeyPatch, method: str, key: str, exc: type[BaseException] = RuntimeError
+) -> None:
     """Test-side fault injection: the MlflowClient write ``method`` raises once for alias/tag ``key``."""
     from mlflow.tracking import MlflowClient
 
@@ -331,28 +334,30 @@ def _fail_on(monkeypatch: pytest.MonkeyPatch, method: str, key: str) -> None:
     def failing(self, model, *args):  # noqa: ANN001, ANN002, ANN202
         if args[at] == key and not fired:
             fired.append(key)
-            raise RuntimeError(f"simulated failure: {method} {key}")
+            raise exc(f"simulated failure: {method} {key}")
         return real(self, model, *args)
 
     monkeypatch.setattr(MlflowClient, method, failing)
 
 
 @pytest.mark.parametrize(
-    ("method", "key", "moved"),
+    ("method", "key", "moved", "exc"),
     [
-        ("set_model_version_tag", R.PENDING, False),  # before any alias moves
-        ("set_registered_model_alias", R.CHAMPION, False),  # the commit point itself
-        ("delete_registered_model_alias", R.CHALLENGER, True),  # after it
-        ("set_model_version_tag", "textclf.promoted_at", True),  # after it: the bookkeeping
+        ("set_model_version_tag", R.PENDING, False, RuntimeError),  # before any alias moves
+        ("set_registered_model_alias", R.CHAMPION, False, RuntimeError),  # the commit point itself
+        ("delete_registered_model_alias", R.CHALLENGER, True, RuntimeError),  # after it
+        ("set_model_version_tag", "textclf.promoted_at", True, RuntimeError),  # after it: the bookkeeping
+        # a lost lock lease: Prefect cancels the holder with a CancelledError (a BaseException)
+        ("set_model_version_tag", "textclf.promoted_via", True, asyncio.CancelledError),
     ],
-    ids=["tag-before", "champion-write", "challenger-delete", "tag-after"],
+    ids=["tag-before", "champion-write", "challenger-delete", "tag-after", "lease-lost-after"],
 )
 def test_gate_fault_outcome_is_what_the_registry_says_and_the_retry_finishes(
-    project: dict, monkeypatch: pytest.MonkeyPatch, method: str, key: str, moved: bool
+    project: dict, monkeypatch: pytest.MonkeyPatch, method: str, key: str, moved: bool, exc: type
 ) -> None:
     name = f"m-fault-{method[:3]}-{key.rsplit('.', 1)[-1]}"
     cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
-    _fail_on(monkeypatch, method, key)
+    _fail_on(monkeypatch, method, key, exc)
     if moved:  # @champion moved: promoted, and the failure after it is logged, not the outcome
         outcome = run_gate(cfg, root)
         assert outcome.promoted and "unfinished" in outcome.message, outcome.message

@@ -133,7 +133,8 @@ def run_gate(
     if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
         decision, bento = _infra_validation(cfg, root, c, cand, ch.run_id, test, decision)
     decided_at = C.now()
-    promoted, error = False, None
+    promoted = False
+    error: BaseException | None = None
     try:
         if (decision.promote or resuming) and not dry_run:
             try:
@@ -141,8 +142,8 @@ def run_gate(
                     R.promote(
                         c, model, cand, expected=champion, via=via, reason=decision.reason, settle_now=False
                     )
-            except Exception as err:  # noqa: BLE001 - the registry says below what it did
-                error = err
+            except BaseException as err:  # noqa: BLE001 - a lost lock lease is a CancelledError (Prefect)
+                error = err  # the registry says below what was done
             promoted = error is None  # what the record says should the registry be unreadable now
             promoted = R.alias(c, model, R.CHAMPION) == cand
     finally:
@@ -150,7 +151,7 @@ def run_gate(
         record = _write_record(cfg, root, decision, cand, champion, digest, notes, message, dry_run)
         if not dry_run:
             _record_on_registry(c, model, cand, ch.run_id, decision, record, decided_at)
-    if not promoted and error is not None:
+    if error is not None and (not promoted or isinstance(error, KeyboardInterrupt | SystemExit)):
         raise error
     if promoted:
         if error is not None:  # after the commit point: the next gate run of cand finishes the rest
@@ -189,16 +190,17 @@ def _message(
     champion: str | None,
     dry_run: bool,
     promoted: bool,
-    error: Exception | None,
+    error: BaseException | None,
 ) -> str:
+    why = (str(error) or type(error).__name__) if error is not None else ""
     if promoted:
-        unfinished = f" (unfinished, to be completed by the next gate run: {error})" if error else ""
+        unfinished = f" (unfinished, to be completed by the next gate run: {why})" if error else ""
         return (
             f"v{cand} promoted to @champion (was {'v' + champion if champion else 'none'}){unfinished}: "
             f"{decision.reason}"
         )
     if error is not None:
-        return str(error) if isinstance(error, R.PromotionConflict) else f"v{cand} not promoted: {error}"
+        return why if isinstance(error, R.PromotionConflict) else f"v{cand} not promoted: {why}"
     if dry_run:
         would = "would be promoted" if decision.promote else "would not be promoted"
         return f"dry run: v{cand} {would}: {decision.reason}"
