@@ -3,6 +3,9 @@
 Runs ``textclf monitor`` over the traffic the service recorded; when a measure passes its threshold,
 it starts the training deployment (``monitor.training_deployment``) with the reason and asks it to
 merge the users' feedback first, so the next version of the data includes what the drift is about.
+The training runs in the deployment's own checkout: a ``serve()`` deployment carries its
+``project_dir`` among its parameters, a pool deployment runs in the clone its worker makes; this flow's
+folder is never passed (on a worker it does not exist, or is somebody else's working tree).
 """
 
 from __future__ import annotations
@@ -35,8 +38,7 @@ def monitor_flow(
     if report.drifted:
         run = run_deployment(
             cfg.monitor.training_deployment,
-            parameters={
-                "project_dir": str(root),
+            parameters={  # merged over the deployment's own parameters: no project_dir of ours
                 "reason": f"drift: {report.summary}",
                 "import_feedback": True,
                 "params": params,

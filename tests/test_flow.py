@@ -107,6 +107,39 @@ def test_gate_rejection_keeps_champion_and_builds_no_bento(pipeline, project: Pa
     assert _aliases(project)["champion"] == champion
 
 
+def test_gate_retry_after_the_alias_moved_finishes_and_builds_the_bento(
+    pipeline, tmp_path: Path, repo_root: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    """@champion moved, then the gate's record on the registry failed (the MLflow server down while the
+    tags are written): the task's retry finishes the promotion and the flow packages the Bento."""
+    from mlflow.tracking import MlflowClient
+
+    from textclf.config import load_config
+    from textclf.tracking import registry as R
+    from textclf.tracking.store import client
+
+    proj = make_project(tmp_path, repo_root, toy_corpus(), TINY)
+    real, failed = MlflowClient.set_model_version_tag, []
+
+    def down_once(self, name, version, key, value):  # noqa: ANN001, ANN202 - test-side fault
+        if key == R.GATE_RESULT and not failed:
+            failed.append(version)
+            raise ConnectionError("simulated: tracking server down while the gate's tags are written")
+        return real(self, name, version, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", down_once)
+    state = pipeline(project_dir=str(proj), return_state=True)
+    assert failed, "the fault was never injected"
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.status == "promoted" and result.bento, result.message
+    cfg = load_config(proj / "params.yaml")
+    c, model = client(cfg, proj), cfg.mlflow.registered_model
+    assert R.aliases(c, model) == {"champion": failed[0]}
+    tags = c.get_model_version(model, failed[0]).tags
+    assert tags[R.GATE_RESULT] == "pass" and "textclf.promoted_at" in tags and R.PENDING not in tags
+
+
 def test_killed_training_resumes_from_checkpoint(pipeline, project: Path, repo_root: Path) -> None:
     """A real crash: a watcher SIGKILLs the `textclf train` process once it wrote a checkpoint; the
     Prefect retry resumes from it, into the same MLflow run."""

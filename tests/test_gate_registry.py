@@ -6,6 +6,7 @@ given by marker characters), an identical copy logged as another run, and an unt
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -22,6 +23,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 torch = pytest.importorskip("torch")
 
+from textclf import runs  # noqa: E402
 from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
@@ -309,37 +311,97 @@ def test_forced_promote_rollback_and_history(project: dict) -> None:
         rollback(cfg, root, reason=" ")
 
 
-@pytest.mark.parametrize(("crash_on_call", "champion_after_crash"), [(2, "1"), (3, "2")])
-def test_crash_between_alias_moves(
-    project: dict, monkeypatch: pytest.MonkeyPatch, crash_on_call: int, champion_after_crash: str
+def _champion_random_after_good(project: dict, name: str) -> Config:
+    """v1 (good) replaced by v2 (random, forced): @champion v2, @previous-champion v1; v3 (copy) is
+    @challenger and passes the gate against v2."""
+    cfg, c = _cfg(name), project["client"]
+    assert [_register(project, cfg, w) for w in ("good", "random")] == ["1", "2"]
+    R.promote(c, name, "1", expected=None, via="manual", reason="setup")
+    R.promote(c, name, "2", expected="1", via="forced", reason="setup")
+    assert _register(project, cfg, "copy") == "3"
+    return cfg
+
+
+def _fail_on(
+    monkeypatch: pytest.MonkeyPatch, method: str, key: str, exc: type[BaseException] = RuntimeError
 ) -> None:
-    """The process dies at the 2nd alias write (champion still v1) or the 3rd (after champion moved):
-    either way champion is a vetted version, and the next gate finishes the job."""
+    """Test-side fault injection: the MlflowClient write ``method`` raises once for alias/tag ``key``."""
     from mlflow.tracking import MlflowClient
 
-    name = f"m-crash-{crash_on_call}"
-    cfg, root, c = _cfg(name), project["root"], project["client"]
-    assert _register(project, cfg, "good") == "1"
-    assert run_gate(cfg, root).promoted
-    assert _register(project, cfg, "copy") == "2"  # identical: passes with min_improvement=0
-    real, calls = MlflowClient.set_registered_model_alias, []
+    real, fired = getattr(MlflowClient, method), []
+    at = 1 if method == "set_model_version_tag" else 0  # (version, key, value) or (alias[, version])
 
-    def dying(self, model, alias, version):  # noqa: ANN001, ANN202
-        calls.append(alias)
-        if len(calls) == crash_on_call:
-            raise RuntimeError(f"simulated crash while setting @{alias}")
-        return real(self, model, alias, version)
+    def failing(self, model, *args):  # noqa: ANN001, ANN002, ANN202
+        if args[at] == key and not fired:
+            fired.append(key)
+            raise exc(f"simulated failure: {method} {key}")
+        return real(self, model, *args)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", dying)
-    monkeypatch.setattr(MlflowClient, "delete_registered_model_alias", lambda *a: dying(*a, None))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_gate(cfg, root)
+    monkeypatch.setattr(MlflowClient, method, failing)
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "moved", "exc"),
+    [
+        ("set_model_version_tag", R.PENDING, False, RuntimeError),  # before any alias moves
+        ("set_registered_model_alias", R.CHAMPION, False, RuntimeError),  # the commit point itself
+        ("delete_registered_model_alias", R.CHALLENGER, True, RuntimeError),  # after it
+        ("set_model_version_tag", "textclf.promoted_at", True, RuntimeError),  # after it: the bookkeeping
+        # a lost lock lease: Prefect cancels the holder with a CancelledError (a BaseException)
+        ("set_model_version_tag", "textclf.promoted_via", True, asyncio.CancelledError),
+    ],
+    ids=["tag-before", "champion-write", "challenger-delete", "tag-after", "lease-lost-after"],
+)
+def test_gate_fault_outcome_is_what_the_registry_says_and_the_retry_finishes(
+    project: dict, monkeypatch: pytest.MonkeyPatch, method: str, key: str, moved: bool, exc: type
+) -> None:
+    name = f"m-fault-{method[:3]}-{key.rsplit('.', 1)[-1]}"
+    cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
+    _fail_on(monkeypatch, method, key, exc)
+    if moved:  # @champion moved: promoted, and the failure after it is logged, not the outcome
+        outcome = run_gate(cfg, root)
+        assert outcome.promoted and "unfinished" in outcome.message, outcome.message
+    else:
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            run_gate(cfg, root)
     monkeypatch.undo()
-    assert R.alias(c, name, "champion") == champion_after_crash  # a vetted version, never nothing
-    assert R.alias(c, name, "previous-champion") == "1"
-    outcome = run_gate(cfg, root, version="2")  # the next run finishes or reports it already done
-    assert outcome.promoted or "already the champion" in outcome.decision.reason
-    assert R.alias(c, name, "champion") == "2"
+    assert R.alias(c, name, "champion") == ("3" if moved else "2")
+    latest = json.loads((root / cfg.paths.reports / "gate" / "latest.json").read_text(encoding="utf-8"))
+    assert latest["candidate"] == "3" and latest["outcome"].startswith(
+        "v3 promoted to @champion (was v2)" if moved else "v3 not promoted: simulated failure"
+    ), latest["outcome"]
+    if moved:  # an unfinished promotion stays marked: a re-run of the flow gates it again
+        assert R.pending(c, name, "3") and not runs.judged(cfg, root, project["runs"]["copy"])
+
+    retry = run_gate(cfg, root)  # the task's retry: the candidate is @challenger, else @champion
+    assert retry.promoted and retry.version == "3" and retry.decision.champion == "2", retry.message
+    assert _aliases(project, name) == {"champion": "3", "previous-champion": "2"}
+    tags = c.get_model_version(name, "3").tags
+    assert tags["textclf.promoted_via"] == "gate" and tags[R.REPLACED] == "2" and R.PENDING not in tags
+    assert tags[R.GATE_RESULT] == "pass" and "textclf.promoted_at" in tags
+    assert c.get_model_version(name, "2").tags["textclf.replaced_by"] == "3"
+    assert runs.judged(cfg, root, project["runs"]["copy"])
+    again = run_gate(cfg, root, version="3")  # finished: now it is just the champion again
+    assert not again.promoted and "already the champion" in again.decision.reason
+
+
+def test_rollback_reaches_the_replaced_version_when_previous_champion_was_lost(
+    project: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure between the @previous-champion and @champion writes leaves @previous-champion on the
+    champion itself: the rollback target is the version the champion's ``replaced`` tag names."""
+    name = "m-lost-previous"
+    cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
+    _fail_on(monkeypatch, "set_registered_model_alias", R.CHAMPION)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        R.promote(c, name, "3", expected="2", via="gate", reason="fails half way")
+    monkeypatch.undo()
+    assert _aliases(project, name) == {"champion": "2", "previous-champion": "2", "challenger": "3"}
+    back = rollback(cfg, root, reason="v2 misbehaves")
+    assert (back.champion, back.replaced) == ("1", "2")
+    assert _aliases(project, name) == {"champion": "1", "previous-champion": "2", "challenger": "3"}
+    c.delete_registered_model_alias(name, "previous-champion")  # lost outright: the tag still knows
+    assert rollback(cfg, root, reason="and back").champion == "2"
 
 
 def test_promotion_is_compare_and_set(project: dict) -> None:
@@ -349,6 +411,36 @@ def test_promotion_is_compare_and_set(project: dict) -> None:
     with pytest.raises(R.PromotionConflict, match="changed from none to v1"):
         R.promote(c, "m-cas", v2, expected=None, via="gate", reason="stale decision")
     assert R.alias(c, "m-cas", "champion") == v1
+
+
+@pytest.fixture(scope="module")
+def prefect_api():  # noqa: ANN201
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.mark.parametrize(
+    "limit", [{"limit": 5, "active": True}, {"limit": 1, "active": False}], ids=["limit-5", "inactive"]
+)
+def test_gate_refuses_a_prefect_lock_that_excludes_nobody(project: dict, prefect_api, limit: dict) -> None:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+
+    name = f"m-gcl-{limit['limit']}"
+    cfg, root = _cfg(name, registry={"lock": "prefect", "lock_timeout_s": 10}), project["root"]
+    v = _register(project, cfg, "good")
+    gcl = f"textclf-registry-{name}"
+    with get_client(sync_client=True) as client:  # somebody widened or disabled the lock's limit
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=gcl, **limit))
+    with pytest.raises(R.RegistryError, match=f"{gcl} is a Prefect concurrency limit .* must be limit 1"):
+        run_gate(cfg, root)
+    assert _aliases(project, name) == {"challenger": v}  # nothing moved
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(gcl, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+    promote(cfg, root, v, force=True, reason="the lock excludes again")
+    assert _aliases(project, name) == {"champion": v}
 
 
 def test_file_lock_excludes_a_second_writer(tmp_path: Path) -> None:

@@ -228,3 +228,39 @@ def test_retention_removes_parts_by_age_then_by_total_size(tmp_path: Path) -> No
     # A writer applies the policy when it starts (and at each rotation).
     PartWriter(tmp_path, TRAFFIC, rotate_bytes=2**20, retention_days=1.5, max_total_mb=None)
     assert names() == ["004"]
+
+
+def test_drift_starts_training_in_the_deployments_own_checkout(
+    tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor passes no project_dir of its own: a pool worker runs in its clone, a served
+    deployment in the project its parameters name (Prefect merges the deployment's parameters)."""
+    import types
+
+    from prefect.flows import load_flow_from_entrypoint
+
+    fn = load_flow_from_entrypoint(f"{repo_root / 'flows' / 'monitor.py'}:monitor_flow").fn
+    report = types.SimpleNamespace(drifted=True, summary="psi 0.9", markdown=lambda: "# drift")
+    started: list[tuple[str, dict]] = []
+
+    def run_deployment(name: str, parameters: dict, timeout: float) -> object:
+        started.append((name, parameters))
+        return types.SimpleNamespace(id="run-1")
+
+    for name, value in {
+        "configure_environment": lambda root: None,
+        "load_config": lambda path: Config(),
+        "monitor": lambda cfg, root, since: report,
+        "create_markdown_artifact": lambda *a, **k: None,
+        "get_run_logger": lambda: __import__("logging").getLogger("monitor-test"),
+        "run_deployment": run_deployment,
+    }.items():
+        monkeypatch.setitem(fn.__globals__, name, value)
+    out = fn(project_dir=str(tmp_path), params="params.yaml")
+    assert out["training_flow_run"] == "run-1"
+    assert started == [
+        (
+            Config().monitor.training_deployment,
+            {"reason": "drift: psi 0.9", "import_feedback": True, "params": "params.yaml"},
+        )
+    ]

@@ -53,9 +53,18 @@ def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:
 
 
 def judged(cfg: Config, root: Path, run_id: str) -> bool:
-    """Whether the gate already decided on this run (it tags the run with the decision id)."""
+    """Whether the gate already decided on this run (it tags the run with the decision id) and finished
+    what it decided: a champion of this run still marked pending sends the flow through the gate again,
+    which completes the promotion (and the flow packages it)."""
 
-    return R.GATE_DECISION in client(cfg, root).get_run(run_id).data.tags
+    c, model = client(cfg, root), cfg.mlflow.registered_model
+    if R.GATE_DECISION not in c.get_run(run_id).data.tags:
+        return False
+    champion = R.alias(c, model, R.CHAMPION)
+    if champion is None:
+        return True
+    mv = c.get_model_version(model, champion)
+    return not (mv.run_id == run_id and R.PENDING in (mv.tags or {}))
 
 
 def run_of_flow_run(cfg: Config, root: Path, flow_run_id: str) -> str:

@@ -5,7 +5,10 @@ are both re-scored on the current test split; :func:`decide` judges them; the de
 Markdown) goes to ``<paths.reports>/gate/``, to the candidate's run and to its version's tags and
 description; then the candidate is promoted when the decision says so, under the registry lock, as a
 compare-and-set against the champion the decision was made against. A version that already is the
-champion is never promoted again: comparing a model with itself proves nothing.
+champion is never promoted again: comparing a model with itself proves nothing — unless its promotion
+stopped half way (still marked pending in the registry): then it is judged against the version it
+replaced and the promotion is finished. Whether the candidate was promoted is what the registry says
+afterwards (``@champion`` re-read), whatever was raised on the way.
 """
 
 from __future__ import annotations
@@ -110,6 +113,10 @@ def run_gate(
     cand = _candidate(cfg, c, run_id, version, dry_run)
     assert cand is not None
     champion = R.alias(c, model, R.CHAMPION)
+    resuming = champion == cand and R.pending(c, model, cand)
+    if resuming:  # a promotion of cand passed the commit point and stopped: judge it as it was judged
+        champion = R.replaced(c, model, cand)
+        log.warning("gate: v%s holds @champion but its promotion was not finished: finishing it", cand)
     test = read_split(root / cfg.paths.prepared, "test")
     digest = split_digest(test)
     log.info("gate: candidate v%s vs champion %s on %d test rows", cand, champion, len(test))
@@ -126,21 +133,31 @@ def run_gate(
     if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
         decision, bento = _infra_validation(cfg, root, c, cand, ch.run_id, test, decision)
     decided_at = C.now()
-    promoted, error = False, None
+    promoted = False
+    error: BaseException | None = None
     try:
-        if decision.promote and not dry_run:
-            with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
-                R.promote(c, model, cand, expected=champion, via=via, reason=decision.reason)
-            promoted = True
-    except R.PromotionConflict as err:
-        error = err
+        if (decision.promote or resuming) and not dry_run:
+            try:
+                with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
+                    R.promote(
+                        c, model, cand, expected=champion, via=via, reason=decision.reason, settle_now=False
+                    )
+            except BaseException as err:  # noqa: BLE001 - a lost lock lease is a CancelledError (Prefect)
+                error = err  # the registry says below what was done
+            promoted = error is None  # what the record says should the registry be unreadable now
+            promoted = R.alias(c, model, R.CHAMPION) == cand
     finally:
         message = _message(decision, cand, champion, dry_run, promoted, error)
         record = _write_record(cfg, root, decision, cand, champion, digest, notes, message, dry_run)
         if not dry_run:
             _record_on_registry(c, model, cand, ch.run_id, decision, record, decided_at)
-    if error is not None:
+    if error is not None and (not promoted or isinstance(error, KeyboardInterrupt | SystemExit)):
         raise error
+    if promoted:
+        if error is not None:  # after the commit point: the next gate run of cand finishes the rest
+            log.warning("gate: v%s holds @champion; what failed after the alias moved: %r", cand, error)
+        else:
+            R.settle(c, model, cand)  # the promotion and the gate's records of it are complete
     return GateOutcome(decision, cand, promoted, message, record, notes, bento)
 
 
@@ -173,14 +190,17 @@ def _message(
     champion: str | None,
     dry_run: bool,
     promoted: bool,
-    error: Exception | None,
+    error: BaseException | None,
 ) -> str:
-    if error is not None:
-        return str(error)
+    why = (str(error) or type(error).__name__) if error is not None else ""
     if promoted:
+        unfinished = f" (unfinished, to be completed by the next gate run: {why})" if error else ""
         return (
-            f"v{cand} promoted to @champion (was {'v' + champion if champion else 'none'}): {decision.reason}"
+            f"v{cand} promoted to @champion (was {'v' + champion if champion else 'none'}){unfinished}: "
+            f"{decision.reason}"
         )
+    if error is not None:
+        return why if isinstance(error, R.PromotionConflict) else f"v{cand} not promoted: {why}"
     if dry_run:
         would = "would be promoted" if decision.promote else "would not be promoted"
         return f"dry run: v{cand} {would}: {decision.reason}"
@@ -264,7 +284,7 @@ def promote(cfg: Config, root: Path, version: str, *, force: bool, reason: str) 
     R.require_version(c, model, version)
     with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
         current = R.alias(c, model, R.CHAMPION)
-        return R.promote(c, model, version, expected=current, via="forced", reason=reason)
+        return R.promote(c, model, version, expected=current, via="forced", reason=reason)  # settles
 
 
 def rollback(cfg: Config, root: Path, reason: str) -> R.AliasMove:

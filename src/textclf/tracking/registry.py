@@ -9,8 +9,12 @@ its run, the gate's decision record logged on that run — plus a few version ta
 ``replaced_by`` on the one it replaced. ``textclf registry history`` is built from those tags.
 
 Alias moves happen under a registry lock (:func:`registry_lock`) with a compare-and-set re-read of the
-champion. Order: ``previous-champion`` first, then ``champion`` (one atomic write in MLflow), so a crash
-at any point leaves ``champion`` on a vetted version and two gates never both promote.
+champion. Order: ``replaced`` and ``promotion_pending`` on the candidate, ``previous-champion``, then
+``champion`` (one atomic write in MLflow: the commit point), then the bookkeeping, then
+:func:`settle` removes ``promotion_pending``. A crash at any point leaves ``champion`` on a vetted
+version, two gates never both promote, a champion still marked pending is finished by the next
+:func:`promote` of it, and :func:`rollback` finds the version a champion replaced in its ``replaced``
+tag when ``previous-champion`` was lost.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ GATE_DECISION, GATE_RESULT, GATE_REASON, GATE_AT = (
     f"textclf.gate.{k}" for k in ("decision", "result", "reason", "at")
 )
 BENTO_TAG = "textclf.bento_tag"
+REPLACED, PENDING = "textclf.replaced", "textclf.promotion_pending"
 
 
 class RegistryError(TextclfError):
@@ -93,11 +98,13 @@ def registry_lock(uri: str, model: str, cfg: GateRegistryConfig) -> Iterator[Non
     name = f"textclf-registry-{model}"
     _ensure_concurrency_limit(name)
     with concurrency(name, occupy=1, timeout_seconds=cfg.lock_timeout_s, strict=True):
+        _require_exclusive(name)  # again while held: a limit changed meanwhile no longer excludes anyone
         yield
 
 
 def _ensure_concurrency_limit(name: str) -> None:
-    """Create the global concurrency limit (1 slot) on first use; creation is unique by name."""
+    """Create the global concurrency limit (1 slot) on first use; creation is unique by name. A limit
+    that exists must still be 1 and active (:func:`_require_exclusive`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -110,6 +117,23 @@ def _ensure_concurrency_limit(name: str) -> None:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:
                 pass
+    _require_exclusive(name)
+
+
+def _require_exclusive(name: str) -> None:
+    """Refuse a Prefect limit that would let two writers in: Prefect skips an inactive limit and a
+    limit above 1 admits that many holders."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.limit != 1 or not limit.active:
+        state = f"limit {limit.limit}, {'active' if limit.active else 'inactive'}"
+        raise RegistryError(
+            f"the registry lock {name} is a Prefect concurrency limit with {state}: it must be limit 1 "
+            f"and active to exclude a second promotion, so nothing was moved; fix it with "
+            f"`prefect gcl update {name} --limit 1 --enable`"
+        )
 
 
 # --------------------------------------------------------------------------- reads
@@ -129,6 +153,17 @@ def aliases(c: MlflowClient, model: str) -> dict[str, str]:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return {}
         raise
+
+
+def replaced(c: MlflowClient, model: str, version: str) -> str | None:
+    """The version ``version`` replaced as champion (its ``replaced`` tag), None if none."""
+    value = (c.get_model_version(model, version).tags or {}).get(REPLACED)
+    return None if value in (None, "none") else str(value)
+
+
+def pending(c: MlflowClient, model: str, version: str) -> bool:
+    """Whether a promotion of ``version`` started and was not settled."""
+    return PENDING in (c.get_model_version(model, version).tags or {})
 
 
 def require_version(c: MlflowClient, model: str, version: str) -> None:
@@ -179,38 +214,78 @@ class AliasMove:
 
 
 def promote(
-    c: MlflowClient, model: str, version: str, *, expected: str | None, via: str, reason: str
+    c: MlflowClient,
+    model: str,
+    version: str,
+    *,
+    expected: str | None,
+    via: str,
+    reason: str,
+    settle_now: bool = True,
 ) -> AliasMove:
-    """Move ``champion`` to ``version`` if it still is ``expected`` (the caller holds the lock)."""
+    """Move ``champion`` to ``version`` if it still is ``expected`` (the caller holds the lock).
+
+    Resumable: a ``version`` that holds ``champion`` but is still marked pending (a promotion stopped
+    after the commit point) gets the rest: ``challenger`` cleared, the promotion tags. ``settle_now=False``
+    leaves the pending mark for the caller to remove with :func:`settle` once its own records are written.
+    """
     current = alias(c, model, CHAMPION)
     if current == version:
-        raise RegistryError(f"{model} v{version} is already the champion")
+        if not pending(c, model, version):
+            raise RegistryError(f"{model} v{version} is already the champion")
+        was = replaced(c, model, version)
+        log.warning("%s v%s holds @champion but its promotion was not finished: finishing it", model, version)
+        return _finish(c, model, version, was, via, reason, settle_now)
     if current != expected:
         raise PromotionConflict(
             f"champion of {model} changed from {_v(expected)} to {_v(current)} since the decision (another "
             f"promotion won); v{version} was NOT promoted: run the gate again to compare it with the new "
             "champion"
         )
+    # before any alias moves: what it replaces (the rollback target should @previous-champion be
+    # lost half way) and the mark that lets the next promote() of it finish the job
+    c.set_model_version_tag(model, version, REPLACED, current or "none")
+    c.set_model_version_tag(model, version, PENDING, C.now())
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
     c.set_registered_model_alias(model, CHAMPION, version)  # the commit point
+    return _finish(c, model, version, current, via, reason, settle_now)
+
+
+def _finish(
+    c: MlflowClient, model: str, version: str, current: str | None, via: str, reason: str, settle_now: bool
+) -> AliasMove:
     if alias(c, model, CHALLENGER) == version:
         c.delete_registered_model_alias(model, CHALLENGER)
     _record(c, model, version, current, via, reason)
+    if settle_now:
+        settle(c, model, version)
     log.info("%s: champion %s -> v%s (%s)", model, _v(current), version, via)
     return AliasMove(model, version, current, via, reason)
 
 
+def settle(c: MlflowClient, model: str, version: str) -> None:
+    """The promotion of ``version`` and every record of it are complete: drop the pending mark."""
+    if pending(c, model, version):
+        c.delete_model_version_tag(model, version, PENDING)
+
+
 def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
     """Swap ``champion`` and ``previous-champion`` (the caller holds the lock); a second rollback undoes
-    it."""
+    it. Without a ``previous-champion`` (lost half way through a promotion) the target is the version
+    the champion's ``replaced`` tag names."""
     current, previous = alias(c, model, CHAMPION), alias(c, model, PREVIOUS)
+    if (previous is None or previous == current) and current is not None:
+        previous = replaced(c, model, current)
+        if previous is not None:
+            log.warning("%s: no usable @%s; v%s replaced v%s: back to it", model, PREVIOUS, current, previous)
     if previous is None or previous == current:
         raise RegistryError(f"{model} has no {PREVIOUS} to roll back to (champion {_v(current)})")
     c.set_registered_model_alias(model, CHAMPION, previous)  # the commit point
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
     _record(c, model, previous, current, "rollback", reason)
+    settle(c, model, previous)  # a mark left by an unfinished promotion of it is no job to resume now
     log.warning("%s rolled back: champion %s -> v%s (%s)", model, _v(current), previous, reason)
     return AliasMove(model, previous, current, "rollback", reason)
 
