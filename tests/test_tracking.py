@@ -54,10 +54,13 @@ def _project(root: Path, train_over: dict | None = None) -> tuple[Config, Path]:
         (root / cfg.paths.reports / target / "summary.json").write_text('{"success": true}')
     (root / "data.dvc").write_text(f"outs:\n- md5: {DATA_MD5}\n  path: data\n")
     (root / "dvc.lock").write_text(
-        f"stages:\n  prepare:\n    outs:\n    - path: artifacts/prepared\n      md5: {PREPARED_MD5}\n"
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: 'true'\n    outs:\n    - path: artifacts/prepared\n"
+        f"      hash: md5\n      md5: {PREPARED_MD5}\n"
     )
+    (root / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: 'true'\n    outs: [artifacts/prepared]\n")
     (root / ".gitignore").write_text("artifacts/\nmlflow/\n")
     _git(root, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)  # a real DVC repo
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "init")
     return cfg, root
