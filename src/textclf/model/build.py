@@ -130,12 +130,15 @@ def build_classifier(
 
     id2label, label2id = label_maps(labels)
     label_kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": label2id}
+    head: Any = AutoModelForSequenceClassification
+    if cfg.pooling == "mean":
+        from textclf.model.pooling import MeanXLMRobertaForSequenceClassification as head
     if init_from is not None:
-        return AutoModelForSequenceClassification.from_pretrained(str(init_from), **label_kwargs)
+        return head.from_pretrained(str(init_from), **label_kwargs)
     if cfg.pretrained:
         source = resolve_source(cfg.pretrained)
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            return head.from_pretrained(
                 source,
                 revision=cfg.revision,
                 ignore_mismatched_sizes=True,

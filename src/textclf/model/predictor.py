@@ -87,6 +87,8 @@ class Predictor:
         if not model_dir.is_dir():
             raise ModelSourceError(f"model directory not found: {model_dir}")
         self.model_dir = model_dir
+        import textclf.model.pooling  # noqa: F401  (a model.pooling: mean model's type loads)
+
         self.preprocessing = Preprocessing.load(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         served = model_dir / RUNTIME_FILE

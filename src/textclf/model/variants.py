@@ -45,6 +45,8 @@ def export_onnx(model_dir: Path, out_dir: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import textclf.model.pooling  # noqa: F401  (a model.pooling: mean model's type loads)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     enc = AutoTokenizer.from_pretrained(model_dir)(["示例文本", "例"], padding=True, return_tensors="pt")
