@@ -296,3 +296,13 @@ def test_fine_tuning_the_real_e5_moves_the_loss(repo_root: Path, tmp_path: Path)
     # ln 2 = 0.693 is where a model that has not learned stays (it did with pooling: first)
     assert last["val_loss"] < 0.65 and last["train_loss"] < first["train_loss"], result.history
     assert last["val_accuracy"] > 0.8, result.history
+
+
+def test_provenance_becomes_mlflow_tags(converted) -> None:
+    from textclf.tracking.run import base_model_tags
+
+    _, model_dir, sha, _ = converted
+    tags = base_model_tags(model_dir)
+    assert tags["textclf.base_model.source"] == SOURCE and tags["textclf.base_model.wheel_sha256"] == sha
+    assert tags["textclf.base_model.license"] == "unknown"
+    assert base_model_tags(model_dir.parent) == {}  # no provenance.json: a model trained from scratch
