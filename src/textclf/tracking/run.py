@@ -24,6 +24,7 @@ import pandas as pd
 from textclf import contracts as C
 from textclf.config import Config
 from textclf.data.prepare import split_digest
+from textclf.model.base_model import read_provenance
 from textclf.tracking.lineage import lineage_tags
 from textclf.tracking.pyfunc import log_pyfunc_model
 from textclf.tracking.store import configure_mlflow
@@ -97,6 +98,13 @@ def training_run(
                 str(root / cfg.paths.prepared / C.split_file("train")), C.ARTIFACT_PREPARED_DIR
             )
         yield run.info.run_id
+
+
+def base_model_tags(model_dir: Path) -> dict[str, str]:
+    """The base model's provenance.json (source, wheel sha256, upstream model, licence) as
+    ``textclf.base_model.*`` tags; empty for a model trained from scratch."""
+
+    return {f"textclf.base_model.{k}": str(v) for k, v in flatten(read_provenance(model_dir)).items()}
 
 
 def log_model(model_dir: Path, train_ids: list[str], examples: list[str]) -> str:

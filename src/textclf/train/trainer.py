@@ -21,7 +21,8 @@ from textclf import contracts as C
 from textclf.config import Config, apply_overrides
 from textclf.data.normalize import normalize
 from textclf.evaluate import metrics as M
-from textclf.model.build import build_classifier, build_tokenizer
+from textclf.model.base_model import carry_provenance
+from textclf.model.build import build_classifier, build_tokenizer, local_pretrained
 from textclf.model.predictor import Preprocessing
 from textclf.train.data import encode, resolve_labels
 from textclf.train.mlm import pretrain_mlm
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "textclf_fingerprint.json"
 MLM_DIR = "mlm"
+BASE_DIR = "base"  # the pretrained model fitted to the train split (model.vocab: train)
 _TRAINER_STATE = "trainer_state.json"
 
 
@@ -202,6 +204,7 @@ def prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: str) -> bool:
     for path in checkpoint_dir.glob("checkpoint-*"):
         shutil.rmtree(path)
     shutil.rmtree(checkpoint_dir / MLM_DIR, ignore_errors=True)
+    shutil.rmtree(checkpoint_dir / BASE_DIR, ignore_errors=True)
     (checkpoint_dir / C.RUN_ID_FILE).unlink(missing_ok=True)
     stored.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return False
@@ -281,11 +284,14 @@ def train_model(
     output_dir: Path,
     checkpoint_dir: Path,
     callbacks: Sequence[Any] = (),
+    base_models: Path | None = None,
 ) -> TrainResult:
     """Train on ``train`` (columns text, label), select on ``val``, save a model directory to ``output_dir``.
 
     Resumes from the latest complete checkpoint in ``checkpoint_dir`` (the caller clears stale ones with
     :func:`prepare_checkpoint_dir`). Under ``torchrun`` every rank calls this; rank 0 alone writes.
+    A ``pip:`` model source is converted into ``base_models`` (default ``paths.base_models``) first; its
+    provenance.json and model card are copied into ``output_dir``.
     """
     import torch
     from accelerate import PartialState
@@ -300,6 +306,14 @@ def train_model(
     dist = PartialState()
     dist.wait_for_everyone()  # rank 0 has prepared the checkpoint folder
     resume_from, resumed_step = resume_point(checkpoint_dir)
+    with dist.main_process_first():  # rank 0 fetches and converts, the others then find it done
+        fit_texts = (
+            [normalize(t, cfg.prepare.normalize) for t in train["text"]] if cfg.model.vocab == "train" else []
+        )
+        model_cfg, base_dir = local_pretrained(
+            cfg.model, base_models or cfg.paths.base_models, fit_texts, checkpoint_dir / BASE_DIR
+        )
+    cfg = cfg.model_copy(update={"model": model_cfg})
     if resume_from is not None:
         logger.info("resuming from %s (step %d)", resume_from, resumed_step)
     trainer = _trainer(cfg, train, val, labels, args, resume_from is not None, callbacks)
@@ -309,6 +323,8 @@ def train_model(
     trainer.save_model(str(output_dir))  # rank 0 only; the best epoch's weights
     if trainer.is_world_process_zero():
         Preprocessing(normalize=cfg.prepare.normalize, max_length=cfg.model.max_length).save(output_dir)
+        if base_dir is not None:
+            carry_provenance(base_dir, output_dir)
         # A pickle holding absolute paths: serving does not need it, and it would make the model
         # directory's DVC hash differ between checkouts of the same training.
         (output_dir / "training_args.bin").unlink(missing_ok=True)
