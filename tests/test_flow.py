@@ -76,6 +76,9 @@ def test_happy_path_then_no_change(pipeline, project: Path) -> None:
     run_ = client(load_config(project / "params.yaml"), project).get_run(result.run_id)
     assert run_.data.tags["textclf.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     assert _aliases(project).get("champion")
+    record = json.loads((project / "artifacts/reports/gate/latest.json").read_text())
+    baseline_row = {c["name"]: c for c in record["decision"]["criteria"]}["beats_baseline"]
+    assert "McNemar" in baseline_row["detail"]  # paired on the run's own baseline predictions
 
     start = time.monotonic()
     again = pipeline(project_dir=str(project), return_state=True)

@@ -259,6 +259,25 @@ def test_slice_regression_detected_and_small_slices_not_judged() -> None:
     assert relaxed.promote
 
 
+def test_beating_the_baseline_must_be_significant_when_its_predictions_are_known() -> None:
+    """Paired: McNemar on the examples exactly one of model and baseline gets right, at gate.alpha."""
+    model_wrong = set(range(0, 100))  # 100 errors: macro-F1 ~0.90
+
+    def baseline(only_baseline_right: int, only_model_right: int) -> tuple[str, ...]:
+        # the baseline shares the model's errors except the first `only_baseline_right`, and adds its own
+        wrong = (model_wrong - set(range(only_baseline_right))) | set(range(500, 500 + only_model_right))
+        return tuple(_flip(g) if i in wrong else g for i, g in enumerate(GOLD))
+
+    close = evidence("v1", model_wrong, baseline_macro_f1=0.89, baseline_predicted=baseline(10, 14))
+    row = by_name(decide(close, None, CFG))["beats_baseline"]
+    assert not row.passed and "model alone right 14, baseline alone right 10" in row.detail
+    clear = evidence("v1", model_wrong, baseline_macro_f1=0.85, baseline_predicted=baseline(5, 40))
+    row = by_name(decide(clear, None, CFG))["beats_baseline"]
+    assert row.passed and "McNemar p<0.001" in row.detail
+    unpaired = by_name(decide(evidence("v1", model_wrong), None, CFG))["beats_baseline"]
+    assert unpaired.passed and "unpaired" in unpaired.detail
+
+
 def test_baseline_requirement() -> None:
     good = evidence("v1", range(0, 100))  # macro-F1 ~0.90
     beaten = evidence("v1", range(0, 100), baseline_macro_f1=0.92)
@@ -268,7 +287,7 @@ def test_baseline_requirement() -> None:
     assert decide(good, None, CFG).promote
     off = decide(beaten, None, CFG.model_copy(update={"require_beats_baseline": False}))
     assert off.promote and not by_name(off)["beats_baseline"].applicable
-    assert "<= baseline 0.920 (reported only" in by_name(off)["beats_baseline"].detail
+    assert "(reported only: gate.require_beats_baseline=false)" in by_name(off)["beats_baseline"].detail
     assert "beats_baseline" in off.to_markdown()
     missing = decide(evidence("v1", baseline_macro_f1=None), None, CFG)
     assert "no baseline metrics" in missing.reason

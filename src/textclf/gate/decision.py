@@ -47,6 +47,8 @@ class Evidence:
     train_ids: frozenset[str] = frozenset()
     slices: Mapping[str, frozenset[str]] = field(default_factory=dict)
     baseline_macro_f1: float | None = None
+    # The same run's baseline on the same ids (evaluate's baseline predictions): the paired test.
+    baseline_predicted: tuple[str, ...] | None = None
     latency_p95_ms: float | None = None
     model_size_mb: float | None = None
     behaviour: BehaviourResult | None = None
@@ -289,7 +291,9 @@ def _slice_criteria(
 
 
 def _beats_baseline(ch: Evidence, cfg: GateConfig) -> Criterion:
-    """Macro-F1 above the same run's baseline; with the requirement off, the comparison is only reported."""
+    """Macro-F1 above the same run's baseline and, when the baseline's predictions on the same test ids
+    are known, significantly so: exact McNemar on the examples exactly one of the two gets right, at
+    ``gate.alpha``. With the requirement off, the comparison is only reported."""
     if ch.baseline_macro_f1 is None:
         return Criterion(
             "beats_baseline",
@@ -302,10 +306,18 @@ def _beats_baseline(ch: Evidence, cfg: GateConfig) -> Criterion:
         )
     y, pred = ch.encoded()
     value, base = M.macro_f1(y, pred, len(ch.labels)), ch.baseline_macro_f1
-    detail = f"macro-F1 {value:.3f} {'>' if value > base else '<='} baseline {base:.3f}"
+    passed = value > base
+    detail = f"macro-F1 {value:.3f} {'>' if passed else '<='} baseline {base:.3f}"
+    if ch.baseline_predicted is not None:
+        baseline = M.encode_labels(ch.baseline_predicted, ch.labels)
+        m = stats.mcnemar_exact(baseline == y, pred == y)
+        passed = passed and m.c > m.b and m.p_value < cfg.alpha
+        detail += f", McNemar {_p(m.p_value)} (model alone right {m.c}, baseline alone right {m.b})"
+    else:
+        detail += ", unpaired (no baseline predictions for these test ids)"
     if not cfg.require_beats_baseline:
         detail += " (reported only: gate.require_beats_baseline=false)"
-    return Criterion("beats_baseline", value, base, value > base, detail, ">", cfg.require_beats_baseline)
+    return Criterion("beats_baseline", value, base, passed, detail, ">", cfg.require_beats_baseline)
 
 
 def _at_most(name: str, value: float | None, limit: float | None, what: str) -> Criterion:

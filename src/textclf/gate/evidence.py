@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from textclf import contracts as C
 from textclf.config import Config
 from textclf.evaluate import metrics as M
 from textclf.evaluate.variants import latency_p95_ms
@@ -37,6 +38,20 @@ def read_train_ids(c: MlflowClient, run_id: str, tmp: Path) -> frozenset[str] | 
     except (MlflowException, OSError):
         return None
     return frozenset(Path(path).read_text(encoding="utf-8").split())
+
+
+def read_baseline_predictions(
+    c: MlflowClient, run_id: str, ids: list[str], tmp: Path
+) -> tuple[str, ...] | None:
+    """The run's baseline predictions on ``ids`` (evaluate logged them), or None when it has none for
+    every one of them (another test split, or no baseline)."""
+    artifact = f"{C.ARTIFACT_EVAL_DIR}/{C.BASELINE_PREFIX}{C.PREDICTIONS_FILE}"
+    try:
+        frame = pd.read_parquet(c.download_artifacts(run_id, artifact, str(tmp)), columns=["id", "predicted"])
+    except (MlflowException, OSError):
+        return None
+    by_id = dict(zip(frame["id"], frame["predicted"], strict=True))
+    return tuple(by_id[i] for i in ids) if all(i in by_id for i in ids) else None
 
 
 def model_size_mb(model_dir: Path) -> float:
@@ -87,8 +102,12 @@ def score_version(
     if measure:
         baseline = run.data.metrics.get(BASELINE_MACRO_F1) if run else None
         gate = cfg.gate
+        baseline_predicted = (
+            read_baseline_predictions(c, mv.run_id, test["id"].tolist(), work_dir) if run else None
+        )
         extra = {
             "baseline_macro_f1": baseline,
+            "baseline_predicted": baseline_predicted,
             "latency_p95_ms": latency_p95_ms(
                 predictor.predict_proba, texts[: gate.latency_texts], gate.latency_warmup
             ),
