@@ -15,7 +15,9 @@ at any point leaves ``champion`` on a vetted version and two gates never both pr
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,10 +42,15 @@ GATE_DECISION, GATE_RESULT, GATE_REASON, GATE_AT = (
     f"textclf.gate.{k}" for k in ("decision", "result", "reason", "at")
 )
 BENTO_TAG = "textclf.bento_tag"
+DIGEST_TAG = "textclf.model_sha256"  # of the model directory, recorded when a version first becomes champion
 
 
 class RegistryError(TextclfError):
     """The registry is not in a state that allows the requested operation."""
+
+
+class DigestMismatch(RegistryError):
+    """A registered version's files are not the ones the gate sealed (changed in the artifact store)."""
 
 
 class PromotionConflict(RegistryError):
@@ -191,6 +198,7 @@ def promote(
             f"promotion won); v{version} was NOT promoted: run the gate again to compare it with the new "
             "champion"
         )
+    seal(c, model, version)
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
     c.set_registered_model_alias(model, CHAMPION, version)  # the commit point
@@ -207,12 +215,53 @@ def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
     current, previous = alias(c, model, CHAMPION), alias(c, model, PREVIOUS)
     if previous is None or previous == current:
         raise RegistryError(f"{model} has no {PREVIOUS} to roll back to (champion {_v(current)})")
+    seal(c, model, previous)  # refuses a previous champion whose files changed since it was gated
     c.set_registered_model_alias(model, CHAMPION, previous)  # the commit point
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
     _record(c, model, previous, current, "rollback", reason)
     log.warning("%s rolled back: champion %s -> v%s (%s)", model, _v(current), previous, reason)
     return AliasMove(model, previous, current, "rollback", reason)
+
+
+# --------------------------------------------------------------------------- model digests
+def dir_digest(path: Path) -> str:
+    """sha256 over the relative path and bytes of every file under ``path`` (sorted): the same files
+    give the same digest wherever they are downloaded."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).hexdigest().encode() + b"\n")
+    return h.hexdigest()
+
+
+def check_digest(c: MlflowClient, model: str, version: str, model_dir: Path) -> str | None:
+    """Raise :class:`DigestMismatch` when ``model_dir`` (just downloaded) differs from the digest the
+    gate recorded on the version; return the recorded digest (None: never sealed)."""
+    expected = (c.get_model_version(model, version).tags or {}).get(DIGEST_TAG)
+    if expected is not None:
+        actual = dir_digest(model_dir)
+        if actual != expected:
+            raise DigestMismatch(
+                f"{model} v{version}: model files do not match the gated digest ({DIGEST_TAG} "
+                f"{expected[:16]}..., downloaded {actual[:16]}...): the artifact store was changed after the "
+                "gate; refusing to use it"
+            )
+    return expected
+
+
+def seal(c: MlflowClient, model: str, version: str) -> str:
+    """Record the model directory's digest on ``version`` (or check the one already recorded)."""
+    from textclf.tracking.pyfunc import download_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="textclf-seal-") as tmp:
+        mv = c.get_model_version(model, version)
+        model_dir = download_model_dir(c, str(mv.source), Path(tmp))
+        if (recorded := check_digest(c, model, version, model_dir)) is not None:
+            return recorded
+        digest = dir_digest(model_dir)
+    c.set_model_version_tag(model, version, DIGEST_TAG, digest)
+    return digest
 
 
 def _record(c: MlflowClient, model: str, version: str, replaced: str | None, via: str, reason: str) -> None:
