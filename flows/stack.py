@@ -99,6 +99,48 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+@contextmanager
+def _mlflow_user(user: str, password: str) -> Iterator[None]:
+    """MLflow's clients read credentials from the environment: ``user``'s, for this block only."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict(zip(keys, (user, password), strict=True)))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def create_mlflow_accounts(
+    uri: str, admin_password: str, passwords: dict[str, str], experiment: str, model: str
+) -> None:
+    """As MLflow's admin: the experiment, the registered model, and the accounts of :data:`ACCOUNTS` with
+    their permissions on both (idempotent: a rerun resets the passwords to ``passwords``)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+    from mlflow.tracking import MlflowClient
+
+    with _mlflow_user("admin", admin_password):
+        auth, c = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri, uri)
+        exp = c.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+        if not c.search_registered_models(f"name='{model}'"):
+            c.create_registered_model(
+                model, description="textclf models; aliases moved by the promotion gate"
+            )
+        for user, (on_exp, on_model) in ACCOUNTS.items():
+            try:
+                auth.create_user(user, passwords[user])
+            except MlflowException:
+                auth.update_user_password(user, passwords[user])
+            auth.grant_user_permission(user, "experiment", exp_id, on_exp)
+            auth.grant_user_permission(user, "registered_model", model, on_model)
+
+
 class Stack:
     def __init__(self, root: Path) -> None:
         self.dir = root.resolve() / ".stack"
@@ -409,45 +451,14 @@ class Stack:
         self._start("mlflow", cmd, self._http_ok(f"http://127.0.0.1:{port}/health"), 180, env=env)
         self._mlflow_accounts()
 
-    @contextmanager
-    def _as_admin(self) -> Iterator[None]:
-        """MLflow's clients read credentials from the environment: the admin's, for this block only."""
-        keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-        saved = {k: os.environ.get(k) for k in keys}
-        os.environ.update(
-            MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=self.secret("mlflow-admin")
-        )
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
     def _mlflow_accounts(self) -> None:
-        """The experiment, the registered model and the accounts with their permissions (idempotent)."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.server import get_app_client
-        from mlflow.tracking import MlflowClient
-
-        uri = f"http://127.0.0.1:{self.ports['mlflow']}"
-        with self._as_admin():
-            auth, c = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri, uri)
-            exp = c.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else c.create_experiment(self.experiment)
-            if c.search_registered_models(f"name='{self.registered_model}'") == []:
-                c.create_registered_model(
-                    self.registered_model, description="textclf models; aliases moved by the promotion gate"
-                )
-            for user, (on_exp, on_model) in ACCOUNTS.items():
-                try:
-                    auth.create_user(user, self.secret(f"mlflow-{user}"))
-                except MlflowException:
-                    auth.update_user_password(user, self.secret(f"mlflow-{user}"))
-                auth.grant_user_permission(user, "experiment", exp_id, on_exp)
-                auth.grant_user_permission(user, "registered_model", self.registered_model, on_model)
+        create_mlflow_accounts(
+            f"http://127.0.0.1:{self.ports['mlflow']}",
+            self.secret("mlflow-admin"),
+            {user: self.secret(f"mlflow-{user}") for user in ACCOUNTS},
+            self.experiment,
+            self.registered_model,
+        )
 
     def _prefect_server(self) -> None:
         port = str(self.ports["prefect-server"])
@@ -492,3 +503,25 @@ class Stack:
             f"# source {self.dir / 'env'}   (0600: it holds the trainer's and the gate's passwords)",
         ]
         return "\n".join(lines)
+
+
+if (
+    __name__ == "__main__"
+):  # compose.yaml's one-shot `mlflow-accounts`: python flows/stack.py mlflow-accounts URL
+    if sys.argv[1:2] != ["mlflow-accounts"] or len(sys.argv) != 3:
+        sys.exit("usage: stack.py mlflow-accounts TRACKING_URL  (passwords from MLFLOW_*_PASSWORD)")
+    for _attempt in range(60):  # the server may still be starting
+        try:
+            create_mlflow_accounts(
+                sys.argv[2],
+                os.environ["MLFLOW_ADMIN_PASSWORD"],
+                {user: os.environ[f"MLFLOW_{user.upper()}_PASSWORD"] for user in ACCOUNTS},
+                os.environ.get("TEXTCLF_EXPERIMENT", MlflowConfig().experiment),
+                os.environ.get("TEXTCLF_REGISTERED_MODEL", MlflowConfig().registered_model),
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - retried, then reported
+            print(f"mlflow-accounts: {err}; retrying", file=sys.stderr)
+            time.sleep(5)
+    else:
+        sys.exit("mlflow-accounts: MLflow never accepted the admin")

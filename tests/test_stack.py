@@ -95,7 +95,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_compose_matches_the_stack_command(repo_root: Path) -> None:
+def test_compose_matches_the_stack_command(repo_root: Path, tmp_path: Path) -> None:
     """compose.yaml runs the same services, and its containers read the same variables, as `textclf
     stack` (moto stands in for minio locally; the servers' settings are the variables their CLIs read)."""
     import yaml
@@ -103,12 +103,19 @@ def test_compose_matches_the_stack_command(repo_root: Path) -> None:
     compose = yaml.safe_load((repo_root / "compose.yaml").read_text())["services"]
     local = {"s3": "minio"}
     assert {local.get(s, s) for s in S.SERVICES} <= set(compose)
-    stack = S.Stack(repo_root / ".tmp" / "never-started")
+    stack = S.Stack(tmp_path)  # never started: only its variable names are compared
     names = set(stack.client_env()) | set(stack.server_env())
     in_compose = {k for svc in compose.values() for k in (svc.get("environment") or {})}
     assert names <= in_compose, names - in_compose
     worker = compose["prefect-worker"]["environment"]
     assert set(stack.client_env()) <= set(worker), "the worker is a client of every other service"
+    assert set(stack.worker_env()) - set(worker) <= {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "PREFECT_HOME",
+        "PYTHONPATH",
+    } | set(S.TELEMETRY_OFF) | set(S.WORKER_PASSTHROUGH)
     assert "--pool textclf" in compose["prefect-worker"]["command"]
 
 
