@@ -434,6 +434,19 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:  # usage errors: exit 2
         error.show()
         return error.exit_code
+    except Exception as error:
+        code = getattr(error, "error_code", None)
+        if type(error).__name__ != "MlflowException" or code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            raise
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME") or "anonymous"
+        need = "the permission for this on the registered model or experiment"
+        err.print(
+            f"textclf: error: the MLflow server refused account {who!r} ({code}): it lacks {need} "
+            "(aliases: EDIT to set, MANAGE to delete; docs/security.md)",
+            markup=False,
+            highlight=False,
+        )
+        return 7
     return rc if isinstance(rc, int) else 0
 
 
