@@ -127,3 +127,26 @@ def test_stack_down_leaves_a_stranger_holding_a_saved_pid_alive(tmp_path: Path) 
         if stranger.poll() is None:
             stranger.kill()
         stranger.wait()
+
+
+def test_published_tracking_uris_carry_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textclf.tracking.store import gate_account, redact
+
+    assert redact("http://u:secret@mlflow:5000/x?y=1") == "http://mlflow:5000/x?y=1"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert "secret" not in redact("https://tok:secret@host")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trainer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "t-pw")
+    monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_USERNAME", "gate")
+    monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_PASSWORD", "g-pw")
+    import os
+
+    with gate_account():
+        assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
+            "gate",
+            "g-pw",
+        )
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
+        "trainer",
+        "t-pw",
+    )
