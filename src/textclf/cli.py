@@ -39,7 +39,7 @@ data_app = typer.Typer(help="Raw data commands.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 stack_app = typer.Typer(
     help="The multi-machine stack as local processes (PostgreSQL, S3, MLflow and Prefect servers, a "
-    "worker); see docs/scale-out.md.",
+    "worker), locked down as docs/security.md says; see docs/scale-out.md.",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -247,8 +247,8 @@ def _stack() -> Any:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start every stack service that is not running (state in .stack/) and print the variables a
-    client exports; `source .stack/env` does the same."""
+    """Start every stack service that is not running (state and generated secrets in .stack/) and print
+    the URLs; `source .stack/env` (0600) exports the client variables, passwords included."""
     stack = _stack()
     stack.up()
     out.print(stack.describe(), markup=False)
