@@ -468,6 +468,23 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
         -2000:
     ]
     assert {a: c.get_model_version_by_alias(model, a).version for a in before} == before
+    # the same command as the reader but with the gate's account named: promote and roll back work
+    # (the gate switches to it; the reader's own account would get 403)
+    genv = {
+        **renv,
+        "TEXTCLF_GATE_MLFLOW_USERNAME": "gate",
+        "TEXTCLF_GATE_MLFLOW_PASSWORD": stack.secret("mlflow-gate"),
+    }
+    for args in (
+        ["promote", other, "--force", "--reason", "gate drill"],
+        ["rollback", "--reason", "drill over"],
+    ):
+        done = subprocess.run([str(BIN / "textclf"), *args], cwd=cc, env=genv, capture_output=True, text=True)
+        REFUSALS[f"textclf {args[0]} as gate (exit)"] = done.returncode
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        if args[0] == "promote":
+            assert c.get_model_version_by_alias(model, "champion").version == other
+    assert {a: c.get_model_version_by_alias(model, a).version for a in before} == before
 
     # Prefect: anonymous refused, health open, no CORS for a foreign origin
     assert got("prefect anonymous health", httpx.get(f"{api}/health", timeout=30).status_code) == 200
@@ -478,6 +495,8 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
         )
         == 401
     )
+    token = httpx.get(f"{api}/csrf-token", params={"client": "intruder"}, timeout=30).status_code
+    assert got("prefect anonymous GET csrf-token", token) == 401  # so no anonymous POST gets a token
     filt = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).status_code
     assert got("prefect anonymous deployment filter", filt) in (401, 403)  # 403: CSRF answers first
     preflight = httpx.options(
