@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import stat
 import subprocess
@@ -139,8 +140,6 @@ def test_published_tracking_uris_carry_no_credentials(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "t-pw")
     monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_USERNAME", "gate")
     monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_PASSWORD", "g-pw")
-    import os
-
     with gate_account():
         assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
             "gate",
@@ -150,3 +149,18 @@ def test_published_tracking_uris_carry_no_credentials(monkeypatch: pytest.Monkey
         "trainer",
         "t-pw",
     )
+
+
+def test_promote_and_rollback_repackage_under_the_gate_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`textclf promote/rollback` package the new champion (a version tag write) as the gate, not as the
+    caller: a reader's shell with the gate's account named completes both (seen on the real stack)."""
+    from textclf import cli
+    from textclf.config import Config
+    from textclf.serving import release
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_USERNAME", "gate")
+    monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_PASSWORD", "g-pw")
+    monkeypatch.setattr(release, "champion_bento", lambda *_: os.environ["MLFLOW_TRACKING_USERNAME"])
+    assert cli._serving_line(Config()) == "serve gate (textclf serve)"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "reader"

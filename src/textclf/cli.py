@@ -170,9 +170,13 @@ def gate(
 
 
 def _serving_line(c: Config) -> str:
+    """Packages the new champion if it has no Bento yet: part of the gate's operation, under its account
+    (it writes the version's bento tag)."""
     from textclf.serving.release import champion_bento
+    from textclf.tracking.store import gate_account
 
-    return f"serve {champion_bento(c, root())} (textclf serve)"
+    with gate_account():
+        return f"serve {champion_bento(c, root())} (textclf serve)"
 
 
 @app.command()
