@@ -311,6 +311,36 @@ def test_forced_promote_rollback_and_history(project: dict) -> None:
         rollback(cfg, root, reason=" ")
 
 
+def test_a_model_changed_after_the_gate_is_refused(project: dict, tmp_path: Path) -> None:
+    """The gate seals the champion's model directory (sha256 version tag); files changed in the artifact
+    store afterwards make packaging and a rollback to it fail naming the digest, and nothing moves."""
+    from textclf.serving.release import served_model_dir
+
+    cfg, root, c = _cfg("m-digest"), project["root"], project["client"]
+    v1 = _register(project, cfg, "shuffled")
+    promote(cfg, root, v1, force=True, reason="seal it")
+    digest = c.get_model_version("m-digest", v1).tags[R.DIGEST_TAG]
+    assert len(digest) == 64
+    v2 = _register(project, cfg, "random")
+    promote(cfg, root, v2, force=True, reason="v1 becomes previous-champion")
+    source = c.get_model_version("m-digest", v1).source
+    store = Path(
+        c.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://")
+    )
+    weights = next(store.rglob("model.safetensors"))
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-4] + b"evil")
+        with pytest.raises(R.DigestMismatch, match="do not match the gated digest"):
+            served_model_dir(c, "m-digest", v1, "torch", tmp_path / "pkg")
+        with pytest.raises(R.DigestMismatch, match=R.DIGEST_TAG):
+            rollback(cfg, root, reason="back to the tampered one")
+        assert _aliases(project, "m-digest") == {"champion": v2, "previous-champion": v1}
+    finally:
+        weights.write_bytes(original)
+    assert served_model_dir(c, "m-digest", v1, "torch", tmp_path / "ok").is_dir()
+
+
 def _champion_random_after_good(project: dict, name: str) -> Config:
     """v1 (good) replaced by v2 (random, forced): @champion v2, @previous-champion v1; v3 (copy) is
     @challenger and passes the gate against v2."""

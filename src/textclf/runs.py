@@ -15,7 +15,7 @@ from textclf.config import Config
 from textclf.repro import NotRetriable
 from textclf.tracking import registry as R
 from textclf.tracking.lineage import TAG_PREFECT_FLOW_RUN_ID
-from textclf.tracking.store import client, tracking_uri
+from textclf.tracking.store import client, redact, tracking_uri
 
 log = logging.getLogger("textclf.flow")
 
@@ -97,7 +97,7 @@ def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
     """Where a person looks next: the MLflow run (its UI page when a server is configured, else the
     store) and the Data Docs of both validations."""
 
-    uri = tracking_uri(cfg, root)
+    uri = redact(tracking_uri(cfg, root))  # a link is published: never with credentials in it
     experiment = client(cfg, root).get_run(run_id).info.experiment_id
     mlflow_link = (
         f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" if uri.startswith("http") else uri

@@ -34,7 +34,7 @@ from textclf.gate.infra import validate_candidate
 from textclf.serving.package import label_bento
 from textclf.tracking import registry as R
 from textclf.tracking.store import client as make_client
-from textclf.tracking.store import tracking_uri
+from textclf.tracking.store import gate_account, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def _already_champion(decision: Decision, version: str) -> Decision:
     )
 
 
+@gate_account()  # the gate's service account, when the environment names one
 def run_gate(
     cfg: Config,
     root: Path,
@@ -270,6 +271,7 @@ def _record_on_registry(
 
 
 # --------------------------------------------------------------------------- manual operations
+@gate_account()  # the gate's service account, when the environment names one
 def promote(cfg: Config, root: Path, version: str, *, force: bool, reason: str) -> R.AliasMove | GateOutcome:
     """``textclf promote VERSION --reason ...``: through the gate, or with ``force`` straight to champion
     (recorded as ``promoted_via=forced``)."""
@@ -287,6 +289,7 @@ def promote(cfg: Config, root: Path, version: str, *, force: bool, reason: str) 
         return R.promote(c, model, version, expected=current, via="forced", reason=reason)  # settles
 
 
+@gate_account()  # the gate's service account, when the environment names one
 def rollback(cfg: Config, root: Path, reason: str) -> R.AliasMove:
     """``textclf rollback``: champion ← previous-champion (recorded on both versions)."""
     if not reason.strip():

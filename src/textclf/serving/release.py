@@ -74,6 +74,10 @@ def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, ds
 
     mv = c.get_model_version(model, version)
     model_dir = download_model_dir(c, str(mv.source), dst / "model")
+    if R.check_digest(c, model, version, model_dir) is None and R.alias(c, model, R.CHAMPION) == version:
+        log.warning(
+            "%s v%s is champion but carries no %s: its files are not verified", model, version, R.DIGEST_TAG
+        )
     variants: dict[str, Any] = {}
     if runtime != "torch" and mv.run_id:
         try:

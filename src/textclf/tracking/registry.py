@@ -19,7 +19,9 @@ tag when ``previous-champion`` was lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from textclf import contracts as C
 from textclf.config import GateRegistryConfig
 from textclf.errors import TextclfError
+from textclf.tracking.pyfunc import download_model_dir
 from textclf.tracking.store import use_store
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,15 @@ GATE_DECISION, GATE_RESULT, GATE_REASON, GATE_AT = (
 )
 BENTO_TAG = "textclf.bento_tag"
 REPLACED, PENDING = "textclf.replaced", "textclf.promotion_pending"
+DIGEST_TAG = "textclf.model_sha256"  # of the model directory, recorded when a version first becomes champion
 
 
 class RegistryError(TextclfError):
     """The registry is not in a state that allows the requested operation."""
+
+
+class DigestMismatch(RegistryError):
+    """A registered version's files are not the ones the gate sealed (changed in the artifact store)."""
 
 
 class PromotionConflict(RegistryError):
@@ -242,6 +250,7 @@ def promote(
             f"promotion won); v{version} was NOT promoted: run the gate again to compare it with the new "
             "champion"
         )
+    seal(c, model, version)  # refuses a model whose files changed since it was gated
     # before any alias moves: what it replaces (the rollback target should @previous-champion be
     # lost half way) and the mark that lets the next promote() of it finish the job
     c.set_model_version_tag(model, version, REPLACED, current or "none")
@@ -281,6 +290,7 @@ def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
             log.warning("%s: no usable @%s; v%s replaced v%s: back to it", model, PREVIOUS, current, previous)
     if previous is None or previous == current:
         raise RegistryError(f"{model} has no {PREVIOUS} to roll back to (champion {_v(current)})")
+    seal(c, model, previous)  # refuses a previous champion whose files changed since it was gated
     c.set_registered_model_alias(model, CHAMPION, previous)  # the commit point
     if current is not None:
         c.set_registered_model_alias(model, PREVIOUS, current)
@@ -288,6 +298,44 @@ def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
     settle(c, model, previous)  # a mark left by an unfinished promotion of it is no job to resume now
     log.warning("%s rolled back: champion %s -> v%s (%s)", model, _v(current), previous, reason)
     return AliasMove(model, previous, current, "rollback", reason)
+
+
+# --------------------------------------------------------------------------- model digests
+def dir_digest(path: Path) -> str:
+    """sha256 over the relative path and bytes of every file under ``path`` (sorted): the same files
+    give the same digest wherever they are downloaded."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).hexdigest().encode() + b"\n")
+    return h.hexdigest()
+
+
+def check_digest(c: MlflowClient, model: str, version: str, model_dir: Path) -> str | None:
+    """Raise :class:`DigestMismatch` when ``model_dir`` (just downloaded) differs from the digest the
+    gate recorded on the version; return the recorded digest (None: never sealed)."""
+    expected = (c.get_model_version(model, version).tags or {}).get(DIGEST_TAG)
+    if expected is not None:
+        actual = dir_digest(model_dir)
+        if actual != expected:
+            raise DigestMismatch(
+                f"{model} v{version}: model files do not match the gated digest ({DIGEST_TAG} "
+                f"{expected[:16]}..., downloaded {actual[:16]}...): the artifact store was changed after the "
+                "gate; refusing to use it"
+            )
+    return expected
+
+
+def seal(c: MlflowClient, model: str, version: str) -> str:
+    """Record the model directory's digest on ``version`` (or check the one already recorded)."""
+    with tempfile.TemporaryDirectory(prefix="textclf-seal-") as tmp:
+        mv = c.get_model_version(model, version)
+        model_dir = download_model_dir(c, str(mv.source), Path(tmp))
+        if (recorded := check_digest(c, model, version, model_dir)) is not None:
+            return recorded
+        digest = dir_digest(model_dir)
+    c.set_model_version_tag(model, version, DIGEST_TAG, digest)
+    return digest
 
 
 def _record(c: MlflowClient, model: str, version: str, replaced: str | None, via: str, reason: str) -> None:

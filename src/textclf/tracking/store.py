@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -19,6 +22,9 @@ from textclf.config import Config
 log = logging.getLogger(__name__)
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_USER, ENV_PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+# the gate's service account (MANAGE on the registered model); the gate, promote and rollback use it
+ENV_GATE_USER, ENV_GATE_PASSWORD = "TEXTCLF_GATE_MLFLOW_USERNAME", "TEXTCLF_GATE_MLFLOW_PASSWORD"
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 
@@ -40,6 +46,37 @@ def tracking_uri(cfg: Config, root: Path) -> str:
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
     return embedded_tracking_uri(cfg, root)
+
+
+def redact(uri: str) -> str:
+    """``uri`` without user info: what may be logged or published (credentials belong in
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, never in the URI)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextmanager
+def gate_account() -> Iterator[None]:
+    """MLflow requests in this block use the gate's account when ``TEXTCLF_GATE_MLFLOW_USERNAME`` is set
+    (MLflow reads the credentials from the environment on every request); else the caller's own."""
+    user = os.environ.get(ENV_GATE_USER)
+    if not user:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (ENV_USER, ENV_PASSWORD)}
+    os.environ[ENV_USER], os.environ[ENV_PASSWORD] = user, os.environ.get(ENV_GATE_PASSWORD, "")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def client(cfg: Config, root: Path) -> MlflowClient:
@@ -80,7 +117,7 @@ def configure_mlflow(cfg: Config, root: Path) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is None:
         experiment_id = c.create_experiment(name, artifact_location=artifact_location)
-        log.info("created MLflow experiment %s (%s) in %s", name, experiment_id, uri)
+        log.info("created MLflow experiment %s (%s) in %s", name, experiment_id, redact(uri))
     else:
         experiment_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
