@@ -80,7 +80,7 @@ def experiment(root: Path, overrides: list[str], cfg: Config) -> str:
     return runs.run_of_flow_run(cfg, root, str(flow_run.id))
 
 
-def gate(cfg: Config, root: Path, run_id: str) -> dict[str, Any]:
+def gate_candidate(cfg: Config, root: Path, run_id: str) -> dict[str, Any]:
     outcome = run_gate(cfg, root, run_id=run_id)
     return {
         "bento": outcome.bento,
@@ -171,7 +171,7 @@ def training_pipeline(
             logger.info("dvc push: %d files", _task(repro.push, "dvc push", cfg)(root))
         result.run_id = runs.current_run(cfg, root)["run_id"]  # type: ignore[index]
     if set_params or result.stages:
-        result.gate = _task(gate, "gate", cfg)(cfg, root, result.run_id)
+        result.gate = _task(gate_candidate, "gate", cfg)(cfg, root, result.run_id)
         result.bento = result.gate["bento"] if result.gate["promoted"] else None
         if result.gate["promoted"] and result.bento is None:  # infra validation off: package after promotion
             result.bento = _task(package_champion, "package", cfg)(cfg, root)

@@ -346,8 +346,8 @@ def _champion_random_after_good(project: dict, name: str) -> Config:
     @challenger and passes the gate against v2."""
     cfg, c = _cfg(name), project["client"]
     assert [_register(project, cfg, w) for w in ("good", "random")] == ["1", "2"]
-    R.promote(c, name, "1", expected=None, via="manual", reason="setup")
-    R.promote(c, name, "2", expected="1", via="forced", reason="setup")
+    R.move_champion(c, name, "1", expected=None, via="manual", reason="setup")
+    R.move_champion(c, name, "2", expected="1", via="forced", reason="setup")
     assert _register(project, cfg, "copy") == "3"
     return cfg
 
@@ -424,7 +424,7 @@ def test_rollback_reaches_the_replaced_version_when_previous_champion_was_lost(
     cfg, root, c = _champion_random_after_good(project, name), project["root"], project["client"]
     _fail_on(monkeypatch, "set_registered_model_alias", R.CHAMPION)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        R.promote(c, name, "3", expected="2", via="gate", reason="fails half way")
+        R.move_champion(c, name, "3", expected="2", via="gate", reason="fails half way")
     monkeypatch.undo()
     assert _aliases(project, name) == {"champion": "2", "previous-champion": "2", "challenger": "3"}
     back = rollback(cfg, root, reason="v2 misbehaves")
@@ -437,9 +437,9 @@ def test_rollback_reaches_the_replaced_version_when_previous_champion_was_lost(
 def test_promotion_is_compare_and_set(project: dict) -> None:
     cfg, c = _cfg("m-cas"), project["client"]
     v1, v2 = _register(project, cfg, "good"), _register(project, cfg, "copy")
-    R.promote(c, "m-cas", v1, expected=None, via="manual", reason="first")
+    R.move_champion(c, "m-cas", v1, expected=None, via="manual", reason="first")
     with pytest.raises(R.PromotionConflict, match="changed from none to v1"):
-        R.promote(c, "m-cas", v2, expected=None, via="gate", reason="stale decision")
+        R.move_champion(c, "m-cas", v2, expected=None, via="gate", reason="stale decision")
     assert R.alias(c, "m-cas", "champion") == v1
 
 
@@ -564,7 +564,7 @@ def test_infra_validation_failure_keeps_the_champion(
     infra = {**INFRA, "start_timeout_s": 40} if "start" in expected else INFRA
     cfg, root, c = _cfg(name, infra_validation=infra), project["root"], project["client"]
     v1 = _register(project, cfg, "good")
-    R.promote(c, name, v1, expected=None, via="manual", reason="a champion to keep")
+    R.move_champion(c, name, v1, expected=None, via="manual", reason="a champion to keep")
     _register(project, cfg, "copy")
     _tamper_store(monkeypatch, damage)
     outcome = run_gate(cfg, root)

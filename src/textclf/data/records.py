@@ -37,7 +37,7 @@ TRAFFIC, FEEDBACK = "traffic", "feedback"
 _STOP = object()  # queued by Recorder.close: write what came before, then end the thread
 
 
-def encode(item: dict[str, Any]) -> bytes:
+def encode_record(item: dict[str, Any]) -> bytes:
     """One JSON line. Text with a lone surrogate (valid in a JSON string, not in UTF-8) is written with
     ASCII escapes, which read back to the same string."""
     try:
@@ -112,7 +112,7 @@ class PartWriter:
     def write(self, batch: list[dict[str, Any]], fsync: bool = False) -> None:
         """Write ``batch`` as one append (and ``fsync`` it when asked); on an error the part is left as
         it was before the call and the error is raised."""
-        data = b"".join(encode(item) for item in batch)
+        data = b"".join(encode_record(item) for item in batch)
         with self._lock:
             path = self._current(batch[0]["ts"][:10])
             new = not path.exists()

@@ -140,7 +140,7 @@ def run_gate(
         if (decision.promote or resuming) and not dry_run:
             try:
                 with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
-                    R.promote(
+                    R.move_champion(
                         c, model, cand, expected=champion, via=via, reason=decision.reason, settle_now=False
                     )
             except BaseException as err:  # noqa: BLE001 - a lost lock lease is a CancelledError (Prefect)
@@ -286,7 +286,7 @@ def promote(cfg: Config, root: Path, version: str, *, force: bool, reason: str) 
     R.require_version(c, model, version)
     with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
         current = R.alias(c, model, R.CHAMPION)
-        return R.promote(c, model, version, expected=current, via="forced", reason=reason)  # settles
+        return R.move_champion(c, model, version, expected=current, via="forced", reason=reason)  # settles
 
 
 @gate_account()  # the gate's service account, when the environment names one
@@ -296,4 +296,4 @@ def rollback(cfg: Config, root: Path, reason: str) -> R.AliasMove:
         raise TextclfError("a rollback needs a reason (--reason)")
     c, model = make_client(cfg, root), cfg.mlflow.registered_model
     with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
-        return R.rollback(c, model, reason)
+        return R.roll_back_champion(c, model, reason)

@@ -221,7 +221,7 @@ class AliasMove:
         return f"{self.model} @champion: {was} → v{self.champion} ({self.via}: {self.reason})"
 
 
-def promote(
+def move_champion(
     c: MlflowClient,
     model: str,
     version: str,
@@ -252,7 +252,7 @@ def promote(
         )
     seal(c, model, version)  # refuses a model whose files changed since it was gated
     # before any alias moves: what it replaces (the rollback target should @previous-champion be
-    # lost half way) and the mark that lets the next promote() of it finish the job
+    # lost half way) and the mark that lets the next move_champion() of it finish the job
     c.set_model_version_tag(model, version, REPLACED, current or "none")
     c.set_model_version_tag(model, version, PENDING, C.now())
     if current is not None:
@@ -279,7 +279,7 @@ def settle(c: MlflowClient, model: str, version: str) -> None:
         c.delete_model_version_tag(model, version, PENDING)
 
 
-def rollback(c: MlflowClient, model: str, reason: str) -> AliasMove:
+def roll_back_champion(c: MlflowClient, model: str, reason: str) -> AliasMove:
     """Swap ``champion`` and ``previous-champion`` (the caller holds the lock); a second rollback undoes
     it. Without a ``previous-champion`` (lost half way through a promotion) the target is the version
     the champion's ``replaced`` tag names."""
