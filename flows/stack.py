@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import psutil
@@ -102,17 +103,10 @@ def _write_private(path: Path, text: str) -> None:
 @contextmanager
 def _mlflow_user(user: str, password: str) -> Iterator[None]:
     """MLflow's clients read credentials from the environment: ``user``'s, for this block only."""
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(dict(zip(keys, (user, password), strict=True)))
-    try:
+    with mock.patch.dict(
+        os.environ, {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    ):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def create_mlflow_accounts(

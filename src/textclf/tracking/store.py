@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
@@ -67,16 +68,8 @@ def gate_account() -> Iterator[None]:
     if not user:
         yield
         return
-    saved = {k: os.environ.get(k) for k in (ENV_USER, ENV_PASSWORD)}
-    os.environ[ENV_USER], os.environ[ENV_PASSWORD] = user, os.environ.get(ENV_GATE_PASSWORD, "")
-    try:
+    with mock.patch.dict(os.environ, {ENV_USER: user, ENV_PASSWORD: os.environ.get(ENV_GATE_PASSWORD, "")}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def client(cfg: Config, root: Path) -> MlflowClient:
