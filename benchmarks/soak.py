@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds at the same concurrency first")
+    parser.add_argument("--sample-every", type=float, default=60.0, help="seconds between RSS samples")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.params)
@@ -65,11 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     serve_cfg = cfg.serve.model_copy(update={"monitoring": monitoring, "auth": "none"})
     bento = package.build_bento(tag, serve_cfg, Path.cwd(), labels={"purpose": "soak"})
     with package.served(bento, home / "serve.log", timeout_s=180) as base:
-        warm = drive(base, texts, 4, 5.0, 1)
+        # Warm up at the soak's own concurrency: the allocator and BentoML's batches settle at their
+        # working size first, so what follows measures growth under steady load, not the first minute.
+        warm = drive(base, texts, args.clients, args.warmup, 1)
         rss_start = server_rss_mb()
+        samples, stop = [rss_start], threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(args.sample_every):
+                samples.append(server_rss_mb())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         t0 = time.monotonic()
         row = drive(base, texts, args.clients, args.minutes * 60, 1)
         elapsed = time.monotonic() - t0
+        stop.set()
+        sampler.join()
         rss_end = server_rss_mb()
         n_dropped = dropped(base)
     # The service drains its queue on shutdown: every answered text is on disk now.
@@ -82,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"records written {written} for {answered} answered (warm-up included), dropped {n_dropped:.0f}")
     print(f"server RSS {rss_start:.0f} MB -> {rss_end:.0f} MB ({rss_end / rss_start - 1:+.1%})")
+    print(f"RSS every {args.sample_every:.0f} s (MB): " + " ".join(f"{x:.0f}" for x in samples + [rss_end]))
     return 0 if row["errors"] == 0 and written == answered else 1
 
 

@@ -454,6 +454,9 @@ class ServeConfig(_Frozen):
     # Per worker; workers x torch_threads should not exceed the cores.
     torch_threads: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=60.0, gt=0.0)
+    # ONEDNN_PRIMITIVE_CACHE_CAPACITY of the served torch model: torch keeps a oneDNN primitive per input
+    # shape (batch size x padded length), and the default capacity 1024 lets RSS grow with traffic.
+    onednn_cache: int = Field(default=32, ge=0)
     # What the Bento runs: auto = the fastest variant that passed the parity gate in evaluate (fp32
     # torch when none did); a named variant must have passed it.
     runtime: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = "auto"

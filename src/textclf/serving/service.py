@@ -83,6 +83,8 @@ class TextClassifier:
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
+        # Read by oneDNN when it first creates a primitive (benchmarks/soak.py: RSS flat with it).
+        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(SETTINGS.onednn_cache)
         stored = self.model  # resolved once per worker from the model store
         self.tag = str(stored.tag)
         self.info = stored.info
