@@ -21,6 +21,7 @@ architecture and max_length (same compute as the default trained model). Texts:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -84,10 +86,11 @@ def random_model_dir(cfg: Config, texts: list[str], out: Path) -> Path:
     return out
 
 
-def drive(base: str, texts: list[str], clients: int, duration: float, per_request: int) -> dict[str, float]:
+def drive(base: str, texts: list[str], clients: int, duration: float, per_request: int) -> dict[str, Any]:
     """``clients`` threads, each sending requests back to back for ``duration`` seconds."""
     latencies: list[float] = []
     errors = [0]
+    kinds: collections.Counter[str] = collections.Counter()  # what the errors were: status or exception
     lock = threading.Lock()
 
     def loop(seed: int) -> None:
@@ -100,13 +103,16 @@ def drive(base: str, texts: list[str], clients: int, duration: float, per_reques
                 body = {"texts": rng.sample(texts, per_request)}
                 t0 = time.perf_counter()
                 try:
-                    ok = client.post("/classify", json=body).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                    status = client.post("/classify", json=body).status_code
+                    ok, kind = status == 200, str(status)
+                except httpx.HTTPError as err:
+                    ok, kind = False, type(err).__name__
                 if ok:
                     local.append(time.perf_counter() - t0)
                 else:
                     bad += 1
+                    with lock:
+                        kinds[kind] += 1
         with lock:
             latencies.extend(local)
             errors[0] += bad
@@ -127,6 +133,7 @@ def drive(base: str, texts: list[str], clients: int, duration: float, per_reques
         "clients": clients,
         "requests": len(latencies),
         "errors": errors[0],
+        "error_kinds": dict(kinds),
         "req_per_s": len(latencies) / elapsed,
         "client_cpu_share": own / busy if busy else 0.0,  # of all CPU time the machine used meanwhile
         "server_cpu_share": max(busy - own, 0.0) / busy if busy else 0.0,
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = cfg.serve
     print(f"serve: workers={serve.workers} torch_threads={serve.torch_threads}, cores={os.cpu_count()}")
 
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
     warmed: dict[str, int] = {}
     for name, (tag, serve_cfg) in variants.items():
         bento = package.build_bento(tag, serve_cfg, Path.cwd(), labels={"variant": name})

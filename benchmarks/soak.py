@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"texts: {source}; {args.clients} clients for {elapsed / 60:.1f} min, recording every request")
     print(
         f"requests {row['requests']} ({row['req_per_s']:.1f}/s, p95 {row['p95_ms']:.0f} ms), "
-        f"errors {row['errors']}"
+        f"errors {row['errors']} {row['error_kinds'] or ''}"
     )
     print(f"records written {written} for {answered} answered (warm-up included), dropped {n_dropped:.0f}")
     print(f"server RSS {rss_start:.0f} MB -> {rss_end:.0f} MB ({rss_end / rss_start - 1:+.1%})")
