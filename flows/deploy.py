@@ -9,10 +9,12 @@ each scheduled flow run. ``--interval N`` replaces the training's cron schedule 
 
     python flows/deploy.py --pool textclf [--source GIT_URL]
 
-deploys the training to a work pool instead and returns: a worker clones ``--source`` (default: this
-checkout's ``origin``) for every run, so it needs no checkout of its own. It also creates the automation
-that puts a run whose heartbeats stopped (its worker died) back in the queue: another worker, or the
-same one restarted, runs it again.
+deploys the training and the monitoring to a work pool instead and returns: a worker clones ``--source``
+(default: this checkout's ``origin``) for every run, so it needs no checkout of its own.
+``--monitoring-dir`` is the folder the service records traffic and feedback in, as the workers see it
+(a shared volume): the monitor reads it, drift-triggered training imports its feedback. It also creates
+the automation that puts a run whose heartbeats stopped (its worker died) back in the queue: another
+worker, or the same one restarted, runs it again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Interval
 
 from textclf.config import load_config
+from textclf.contracts import ENV_MONITORING_DIR
 from textclf.env import configure_environment
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, help="seconds between runs instead of the cron schedule")
     parser.add_argument("--pool", help="deploy the training to this work pool instead of serving here")
     parser.add_argument("--source", help="git URL workers clone (default: the checkout's origin)")
+    parser.add_argument("--monitoring-dir", help="with --pool: the service's records folder on the workers")
     parser.add_argument(
         "--lost-after", type=int, default=90, help="seconds without a heartbeat before a run is retried"
     )
@@ -59,17 +63,28 @@ def main(argv: list[str] | None = None) -> None:
         concurrency_limit=1,  # a run waits while another is running
         description="textclf: validate → prepare → train → evaluate → gate → package",
     )
+    monitoring_kw = dict(
+        name=cfg.monitor.deployment,
+        interval=cfg.monitor.interval_minutes * 60,
+        description="textclf: recorded traffic vs the champion's training data; drift starts training",
+    )
+    monitor_params = {"since_minutes": cfg.monitor.interval_minutes, "params": args.params}
     if args.pool:
         origin = ["git", "-C", str(project), "remote", "get-url", "origin"]
         source = args.source or subprocess.check_output(origin, text=True).strip()
-        flow = Flow.from_source(source, entrypoint="flows/pipeline.py:training_pipeline")
-        flow.deploy(
-            work_pool_name=args.pool,
-            build=False,
-            push=False,
-            parameters={"params": args.params},
-            **training_kw,
-        )  # type: ignore[attr-defined]
+        records = {"env": {ENV_MONITORING_DIR: args.monitoring_dir}} if args.monitoring_dir else {}
+        for entrypoint, parameters, kw in (
+            ("flows/pipeline.py:training_pipeline", {"params": args.params}, training_kw),
+            ("flows/monitor.py:monitor_flow", monitor_params, monitoring_kw),
+        ):
+            Flow.from_source(source, entrypoint=entrypoint).deploy(  # type: ignore[attr-defined]
+                work_pool_name=args.pool,
+                build=False,
+                push=False,
+                parameters=parameters,
+                job_variables=records,
+                **kw,
+            )
         reschedule_lost_runs(args.lost_after)
         return
     training = load_flow_from_entrypoint(f"{HERE / 'pipeline.py'}:training_pipeline")
@@ -78,16 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         training.to_deployment(
             parameters={"project_dir": str(project), "params": args.params}, **training_kw
         ),
-        monitoring.to_deployment(
-            name=cfg.monitor.deployment,
-            interval=cfg.monitor.interval_minutes * 60,
-            parameters={
-                "project_dir": str(project),
-                "since_minutes": cfg.monitor.interval_minutes,
-                "params": args.params,
-            },
-            description="textclf: recorded traffic vs the champion's training data; drift starts training",
-        ),
+        monitoring.to_deployment(parameters={"project_dir": str(project), **monitor_params}, **monitoring_kw),
     )
 
 

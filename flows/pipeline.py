@@ -144,6 +144,10 @@ def training_pipeline(
     os.environ[ENV_PARAMS] = params  # the stage commands DVC starts read the same file
     if reason:
         logger.info("triggered by %s", reason)
+    remote = repro.remote(root)
+    if remote:  # a worker's fresh clone: the data and the outputs someone already pushed
+        # (first: the feedback is merged into the pulled data, never into an empty folder)
+        logger.info("dvc pull from %s: %d files", remote, _task(repro.pull, "dvc pull", cfg)(root))
     if import_feedback:
         from textclf.data.feedback import import_feedback as merge
 
@@ -154,9 +158,6 @@ def training_pipeline(
         "no change", "no change: DVC reports every stage up to date and the run was judged"
     )
     result.reason = reason
-    remote = repro.remote(root)
-    if remote:  # a worker's fresh clone: the data and the outputs someone already pushed
-        logger.info("dvc pull from %s: %d files", remote, _task(repro.pull, "dvc pull", cfg)(root))
     run = runs.current_run(cfg, root)
     if set_params:
         _task(repro.produce, "prepare current split", cfg)(root, cfg.paths.prepared)

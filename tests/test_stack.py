@@ -149,7 +149,19 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
 
     # 2. the deployment runs on the worker, which is killed mid-training and restarted
     with _Timer("deploy to the work pool"):
-        _cli(s, a, str(BIN / "python"), "flows/deploy.py", "--pool", "textclf", "--lost-after", "60")
+        records = tmp_path / "records"  # the service's records folder, shared with the workers
+        _cli(
+            s,
+            a,
+            str(BIN / "python"),
+            "flows/deploy.py",
+            "--pool",
+            "textclf",
+            "--lost-after",
+            "60",
+            "--monitoring-dir",
+            str(records),
+        )
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -249,10 +261,68 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     with _Timer("refusals"):
         _refusals(s, cc, fr.id)
 
-    # 7. the champion's weights changed in the MLflow bucket after the gate: packaging refuses them
+    # 7. the monitor deployment on the pool finds drift and starts a training that completes in the
+    # worker's own clone (its flow run gets no project_dir of the monitor's)
+    with _Timer("monitor on the pool: drift starts a training on the worker"):
+        _drift_starts_training_on_the_pool(s, records)
+
+    # 8. the champion's weights changed in the MLflow bucket after the gate: packaging refuses them
     with _Timer("tampered model refused"):
         _tampered_champion_refused(s, cc, s3)
     print("stack test times:", json.dumps(TIMES))
+
+
+def _drift_starts_training_on_the_pool(stack, records: Path) -> None:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from textclf.contracts import now
+    from textclf.data.records import FEEDBACK, TRAFFIC, PartWriter
+
+    feedback = {"id": "fb-1", "ts": now(), "text": "快递很慢", "label": "neg", "submitter": "qa"}
+    PartWriter(records, FEEDBACK, rotate_bytes=2**20).write([feedback], fsync=True)
+    writer = PartWriter(records, TRAFFIC, rotate_bytes=2**20)
+    shifted = "物流配送包装快递员态度" * 8  # long texts from another domain, all one label, unsure
+    writer.write(
+        [
+            {
+                "ts": now(),
+                "model": "textclf-model:x",
+                "text": f"{shifted}{i}",
+                "length": len(shifted) + 1,
+                "label": "neg",
+                "confidence": 0.51,
+                "truncated": True,
+            }
+            for i in range(80)
+        ]
+    )
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    senv = stack.client_env()
+    with (
+        temporary_settings(
+            {
+                PREFECT_API_URL: senv["PREFECT_API_URL"],
+                PREFECT_API_AUTH_STRING: senv["PREFECT_API_AUTH_STRING"],
+            }
+        ),
+        get_client(sync_client=True) as client,
+    ):
+        mon = run_deployment("monitor/monitor", timeout=0)
+        assert _wait(lambda: _final_state(client, mon.id), 600, "the monitor run") == "COMPLETED", _logs(
+            client, mon.id
+        )
+        started = [
+            r for r in client.read_flow_runs() if str(r.parameters.get("reason", "")).startswith("drift:")
+        ]
+        assert len(started) == 1, [r.parameters for r in client.read_flow_runs()]
+        training = started[0]
+        assert "project_dir" not in training.parameters, training.parameters
+        assert training.parameters["import_feedback"] is True
+        final = _wait(lambda: _final_state(client, training.id), 900, "the drift-triggered training")
+        assert final == "COMPLETED", _logs(client, training.id)
+        print(f"stack test: drift-triggered run {training.name}: {final}, {training.parameters['reason']}")
 
 
 def _wait(check, timeout: float, what: str):  # noqa: ANN001, ANN202
