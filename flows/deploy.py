@@ -15,24 +15,39 @@ deploys the training and the monitoring to a work pool instead and returns: a wo
 (a shared volume): the monitor reads it, drift-triggered training imports its feedback. It also creates
 the automation that puts a run whose heartbeats stopped (its worker died) back in the queue: another
 worker, or the same one restarted, runs it again.
+
+A private origin's token never goes into the deployment: ``--git-credentials-block NAME`` (default
+``textclf-git-token``) names a Prefect Secret block, and a token given in ``TEXTCLF_GIT_TOKEN`` or in the
+origin URL (``https://user:TOKEN@host/...`` or ``https://TOKEN@host/...``) is saved into it first. The
+deployment's pull step holds the URL without user info and ``{{ prefect.blocks.secret.NAME }}``, which the
+worker resolves when it clones. A configured ``flow.notification_block`` must exist on the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from prefect import Flow, serve
+from prefect.blocks.core import Block
+from prefect.blocks.system import Secret
 from prefect.flows import load_flow_from_entrypoint
+from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron, Interval
 
 from textclf.config import load_config
 from textclf.contracts import ENV_MONITORING_DIR
 from textclf.env import configure_environment
+from textclf.tracking.store import redact
 
 HERE = Path(__file__).resolve().parent
+ENV_GIT_TOKEN = "TEXTCLF_GIT_TOKEN"
+GIT_CREDENTIALS_BLOCK = "textclf-git-token"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,12 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", help="git URL workers clone (default: the checkout's origin)")
     parser.add_argument("--monitoring-dir", help="with --pool: the service's records folder on the workers")
     parser.add_argument(
+        "--git-credentials-block",
+        help=f"Secret block with the token workers clone with (default {GIT_CREDENTIALS_BLOCK} when a token "
+        f"is given in {ENV_GIT_TOKEN} or the source URL)",
+    )
+    parser.add_argument(
         "--lost-after", type=int, default=90, help="seconds without a heartbeat before a run is retried"
     )
     args = parser.parse_args(argv)
     project = Path(args.project_dir).resolve()
     configure_environment(project)
     cfg = load_config(project / args.params)
+    if cfg.flow.notification_block:
+        Block.load(cfg.flow.notification_block)  # a missing block fails here, not at the first failed run
     schedule = (
         Interval(args.interval, timezone=cfg.flow.timezone)
         if args.interval
@@ -70,14 +92,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     monitor_params = {"since_minutes": cfg.monitor.interval_minutes, "params": args.params}
     if args.pool:
-        origin = ["git", "-C", str(project), "remote", "get-url", "origin"]
+        # as configured: this machine's url.*.insteadOf rewrites are not the workers'
+        origin = ["git", "-C", str(project), "config", "--get", "remote.origin.url"]
         source = args.source or subprocess.check_output(origin, text=True).strip()
         records = {"env": {ENV_MONITORING_DIR: args.monitoring_dir}} if args.monitoring_dir else {}
+        storage = git_source(source, args.git_credentials_block, os.environ.get(ENV_GIT_TOKEN))
         for entrypoint, parameters, kw in (
             ("flows/pipeline.py:training_pipeline", {"params": args.params}, training_kw),
             ("flows/monitor.py:monitor_flow", monitor_params, monitoring_kw),
         ):
-            Flow.from_source(source, entrypoint=entrypoint).deploy(  # type: ignore[attr-defined]
+            Flow.from_source(storage, entrypoint=entrypoint).deploy(  # type: ignore[attr-defined]
                 work_pool_name=args.pool,
                 build=False,
                 push=False,
@@ -95,6 +119,27 @@ def main(argv: list[str] | None = None) -> None:
         ),
         monitoring.to_deployment(parameters={"project_dir": str(project), **monitor_params}, **monitoring_kw),
     )
+
+
+def git_source(url: str, block: str | None = None, token: str | None = None) -> str | GitRepository:
+    """What workers clone. Without a token or ``block``, ``url`` itself. Otherwise ``url`` without its user
+    info, with credentials referencing the Secret block ``block``; a token (``token``, else the one in an
+    http(s) ``url``) is saved into that block first. A user name next to the token (``oauth2``,
+    ``x-access-token``) stays in the credentials: it is not a secret."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return url  # ssh or a path: the worker's own keys and file permissions
+    user, secret = (parts.username, parts.password) if parts.password else (None, parts.username)
+    token = token or (unquote(secret) if secret else None)
+    if not (token or block):
+        return url
+    name = block or GIT_CREDENTIALS_BLOCK
+    if token:
+        Secret(value=token).save(name, overwrite=True)
+    credentials: dict[str, Any] = {"access_token": Secret.load(name)}  # a block reference in the pull step
+    if user:
+        credentials["username"] = unquote(user)
+    return GitRepository(url=redact(url), credentials=credentials)
 
 
 def reschedule_lost_runs(silence_s: int = 90) -> None:

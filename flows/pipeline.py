@@ -99,7 +99,7 @@ def notify(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect passes thes
     root = Path(flow_run.parameters.get("project_dir") or Path.cwd())
     cfg = load_config(root / flow_run.parameters.get("params", "params.yaml"))
     runs.notify_failure(
-        cfg.flow.webhook_url,
+        cfg.flow.notification_block,
         f"textclf flow run {flow_run.name} ({flow_run.id}) ended {state.type.value}: {state.message}",
     )
 

@@ -36,6 +36,8 @@ def test_repo_params_load(repo_root: Path) -> None:
         ({"prepare": {"conflict_policy": "vote"}}, "prepare.conflict_policy"),
         ({"data": {"labels": ["only"]}}, "at least two classes"),
         ({"bogus": {}}, "bogus: unknown key"),
+        ({"flow": {"notification_block": "textclf-failures"}}, "flow.notification_block"),  # no block type
+        ({"flow": {"webhook_url": "https://hooks.example.com/x"}}, "flow.webhook_url: unknown key"),
     ],
 )
 def test_bad_values_name_the_key(repo_root: Path, override: dict, fragment: str) -> None:

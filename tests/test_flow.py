@@ -336,12 +336,16 @@ class _Webhook(BaseHTTPRequestHandler):
 def test_validation_failure_stops_before_training_and_notifies(
     pipeline, project: Path, repo_root: Path
 ) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
     from textclf.data.io import write_csv
 
     server = HTTPServer(("127.0.0.1", 0), _Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/hook"
-    write_params(project, repo_root, {**TINY, "flow": {**TINY["flow"], "webhook_url": url}})
+    CustomWebhookNotificationBlock(name="textclf", url=url, json_data={"text": "{{body}}"}).save("failures")
+    notifier = {"notification_block": "custom-webhook/failures"}
+    write_params(project, repo_root, {**TINY, "flow": {**TINY["flow"], **notifier}})
     versions_before = _aliases(project)
     raw = project / "data" / "reviews.csv"
     original = raw.read_bytes()

@@ -496,7 +496,10 @@ class FlowConfig(_Frozen):
     tasks: dict[str, TaskPolicy] = Field(
         default_factory=lambda: {"train": TaskPolicy(retry_delay_seconds=10.0, timeout_seconds=7200.0)}
     )
-    webhook_url: str | None = None  # failure/crash notices go here (Prefect webhook notification block)
+    # Failure/crash notices also go through this Prefect notification block saved on the server, named
+    # "<block type>/<name>" as `prefect block ls` lists it (e.g. custom-webhook/textclf-failures): its URL
+    # and tokens live in Prefect, not in a file every clone reads.
+    notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[^/]+$")
 
     def policy(self, task: str) -> TaskPolicy:
         return self.tasks.get(task, self.default_task)

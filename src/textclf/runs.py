@@ -83,14 +83,25 @@ def run_of_flow_run(cfg: Config, root: Path, flow_run_id: str) -> str:
     return str(runs[0].info.run_id)
 
 
-def notify_failure(url: str | None, message: str) -> None:
-    """Always logged; also sent through Prefect's webhook notification block when flow.webhook_url is set."""
+def notify_failure(block: str | None, message: str) -> None:
+    """Always logged; also sent through the Prefect notification block ``block`` ("<type>/<name>",
+    flow.notification_block) when one is named. A block missing on the server is a warning: the run's
+    failure is what the hook reports, not the notifier's."""
     log.error(message)
-    if url:
-        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    if not block:
+        return
+    from prefect.blocks.core import Block
+    from prefect.blocks.notifications import NotificationBlock
 
-        block = CustomWebhookNotificationBlock(name="textclf", url=url, json_data={"text": "{{body}}"})
-        block.notify(body=message, subject="textclf flow run failed")
+    try:
+        notifier = Block.load(block)  # the saved block's own class: webhook, Slack, Teams, email, ...
+    except ValueError as err:
+        log.warning("flow.notification_block %r: %s; the failure was only logged", block, err)
+        return
+    if isinstance(notifier, NotificationBlock):
+        notifier.notify(body=message, subject="textclf flow run failed")
+    else:
+        log.warning("flow.notification_block %r is not a notification block", block)
 
 
 def run_links(cfg: Config, root: Path, run_id: str) -> dict[str, str]:
