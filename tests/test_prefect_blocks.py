@@ -61,6 +61,10 @@ def test_a_token_in_the_origin_goes_into_a_secret_block_not_the_deployment(
         "from prefect import flow\n\n\n@flow(name='training_pipeline')\n"
         "def training_pipeline(params: str = 'params.yaml') -> None:\n    pass\n"
     )
+    (checkout / "flows" / "monitor.py").write_text(
+        "from prefect import flow\n\n\n@flow(name='monitor')\n"
+        "def monitor_flow(since_minutes: float = 60, params: str = 'params.yaml') -> None:\n    pass\n"
+    )
     (checkout / "params.yaml").write_text("{}\n")
     (checkout / "missing-notifier.yaml").write_text(
         yaml.safe_dump({"flow": {"notification_block": "custom-webhook/nobody-saved-this"}})
@@ -85,6 +89,9 @@ def test_a_token_in_the_origin_goes_into_a_secret_block_not_the_deployment(
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("training_pipeline/nightly")
+        monitor = client.read_deployment_by_name("monitor/monitor")
+    assert monitor.pull_steps == deployment.pull_steps
+    assert TOKEN not in monitor.model_dump_json()
     assert deployment.pull_steps == [
         {
             "prefect.deployments.steps.git_clone": {
