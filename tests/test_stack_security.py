@@ -17,6 +17,8 @@ import psutil
 import pytest
 import yaml
 
+from projects import BIN, make_project, run, toy_corpus
+
 _spec = importlib.util.spec_from_file_location(
     "textclf_stack_sec", Path(__file__).resolve().parents[1] / "flows" / "stack.py"
 )
@@ -164,3 +166,23 @@ def test_promote_and_rollback_repackage_under_the_gate_account(monkeypatch: pyte
     monkeypatch.setattr(release, "champion_bento", lambda *_: os.environ["MLFLOW_TRACKING_USERNAME"])
     assert cli._serving_line(Config()) == "serve gate (textclf serve)"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "reader"
+
+
+def test_a_corrupted_object_in_the_dvc_remote_fails_the_pull(tmp_path: Path, repo_root: Path) -> None:
+    """The team remote is configured with `verify true` (docs/scale-out.md): a pull re-hashes what it
+    downloads, so an object changed in the remote fails the pull and nothing is checked out."""
+    dvc = str(BIN / "dvc")
+    a = make_project(tmp_path / "a", repo_root, toy_corpus())
+    run([dvc, "remote", "add", "-d", "team", str(tmp_path / "remote")], a)
+    run([dvc, "remote", "modify", "team", "verify", "true"], a)
+    run(["git", "commit", "-qam", "team remote"], a)
+    run([dvc, "push", "-q"], a)
+    csv = next(p for p in (tmp_path / "remote").rglob("*") if p.is_file() and p.suffix != ".dir")
+    csv.chmod(0o644)
+    csv.write_bytes(csv.read_bytes() + "差评,positive\n".encode())
+
+    b = tmp_path / "b"
+    run(["git", "clone", "-q", str(a), str(b)], tmp_path)
+    pulled = run([dvc, "pull"], b, check=False)
+    assert pulled.returncode != 0, pulled.stdout
+    assert not (b / "data" / "reviews.csv").exists()
