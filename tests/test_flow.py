@@ -59,6 +59,8 @@ def _aliases(proj: Path) -> dict[str, str]:
 def test_happy_path_then_no_change(pipeline, project: Path) -> None:
     from prefect.artifacts import Artifact
 
+    token = "ghp_tokenthatmustnotleak"  # a private origin with a token in its URL (docs/security.md)
+    run(["git", "remote", "add", "origin", f"https://x-access-token:{token}@git.example.invalid/t.git"], project)
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -75,6 +77,7 @@ def test_happy_path_then_no_change(pipeline, project: Path) -> None:
 
     run_ = client(load_config(project / "params.yaml"), project).get_run(result.run_id)
     assert run_.data.tags["textclf.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    assert token not in json.dumps([run_.data.tags, run_.data.params])
     assert _aliases(project).get("champion")
     record = json.loads((project / "artifacts/reports/gate/latest.json").read_text())
     baseline_row = {c["name"]: c for c in record["decision"]["criteria"]}["beats_baseline"]
