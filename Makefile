@@ -5,7 +5,7 @@ run: setup
 	.venv/bin/textclf run
 
 test: setup
-	.venv/bin/python -m pytest -m "not slow and not browser and not image and not stack"
+	.venv/bin/python -m pytest -m "not slow and not browser and not image and not compose and not stack"
 
 setup:
 	bash scripts/setup.sh

@@ -7,7 +7,9 @@
 #   scripts/offline-base-image.sh BENTO_REQUIREMENTS_TXT [TAG]      (as root; dockerd running)
 #
 # Slow parts are cached in $TEXTCLF_IMAGE_CACHE (default /var/tmp/textclf-image-cache) and rebuilt when
-# missing: the rootfs tarball (debootstrap, ~1 min) and the wheels (pip download, ~250 MB).
+# missing: the rootfs tarball (debootstrap, ~1 min) and the wheels (pip download, ~250 MB for a Bento).
+# WHEELS names the cache's wheel folder (default `wheels`): the compose tier's image (the whole project,
+# ~1.5 GB of wheels) keeps its own, so the Bento's base image does not carry them.
 set -euo pipefail
 req=$1
 tag=${2:-python:3.11-slim}
@@ -29,18 +31,19 @@ if [ ! -s "$cache/rootfs.tar" ]; then
   rm -rf "$rootfs"
 fi
 
-stamp="$cache/wheels/.requirements-$(sha256sum "$req" | cut -c1-16)"
+wheels="$cache/${WHEELS:-wheels}"
+stamp="$wheels/.requirements-$(sha256sum "$req" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  mkdir -p "$cache/wheels"
-  grep -v -- '--extra-index-url' "$req" >"$cache/requirements.txt"  # the PyTorch site is not reachable
-  "$py" -m pip download -q -d "$cache/wheels" -r "$cache/requirements.txt" 2>"$cache/pip-download.log"
+  mkdir -p "$wheels"
+  grep -v -- '--extra-index-url' "$req" >"$wheels.requirements.txt"  # the PyTorch site is not reachable
+  "$py" -m pip download -q -d "$wheels" -r "$wheels.requirements.txt" 2>"$wheels.pip-download.log"
   touch "$stamp"
 fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 ln "$cache/rootfs.tar" "$ctx/rootfs.tar" 2>/dev/null || cp "$cache/rootfs.tar" "$ctx/rootfs.tar"
-cp -r "$cache/wheels" "$ctx/wheels"
+cp -rl "$wheels" "$ctx/wheels" 2>/dev/null || cp -r "$wheels" "$ctx/wheels"
 cp "$(dirname "$py")/uv" "$ctx/uv"  # the Dockerfile skips its own (pip) install of uv when one is there
 printf '[pip]\nno-index = true\nfind-links = ["/opt/wheels"]\n' >"$ctx/uv.toml"
 printf '[global]\nno-index = true\nfind-links = /opt/wheels\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$ctx/pip.conf"

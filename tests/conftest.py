@@ -4,7 +4,13 @@ and nothing reaches the network."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +79,45 @@ def _fresh_mlflow_globals_per_module():
     _reset_mlflow_globals()
     yield
     _reset_mlflow_globals()
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A private Docker daemon for the image and compose tiers (one per session, shared): data and exec
+    roots in a temp folder, its own socket, stopped by PID. Yields the environment its clients use."""
+    from projects import env
+
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("debootstrap"):
+        pytest.fail(
+            "needs root, dockerd and debootstrap (apt-get install docker.io debootstrap; .ci/run does it)"
+        )
+    tmp = Path("/tmp") / f"textclf-docker-{os.getpid()}"  # short: the socket path has a length limit
+    data, execroot, sock = tmp / "data", tmp / "exec", tmp / "docker.sock"
+    for d in (data, execroot):
+        d.mkdir(parents=True, exist_ok=True)
+    log = (tmp_path_factory.mktemp("dockerd") / "dockerd.log").open("wb")
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", str(data), "--exec-root", str(execroot), "-H", f"unix://{sock}",
+         "-p", str(tmp / "dockerd.pid")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    # Debian's docker client first: it builds through the daemon's BuildKit (no buildx plugin needed).
+    bin_dir = Path(sys.executable).parent
+    denv = {**env(), "DOCKER_HOST": f"unix://{sock}", "PATH": f"/usr/bin:{bin_dir}:{os.environ['PATH']}"}
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "info"], env=denv, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "dockerd did not start"
+            time.sleep(0.5)
+        yield denv
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run(["umount", str(execroot / "netns" / "default")], capture_output=True)
+        subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -3,16 +3,14 @@
 This machine reaches no container registry and not the PyTorch wheel site, so the test first builds the
 offline stand-in for ``python:3.11-slim`` with ``scripts/offline-base-image.sh`` (its rootfs and wheels
 are cached in $TEXTCLF_IMAGE_CACHE between runs). It starts its own dockerd (data and exec roots in a
-temp folder, its own socket) and stops it by PID afterwards. Needs root, docker.io and debootstrap
-(`.ci/run` installs them).
+temp folder, its own socket; the ``dockerd`` fixture of conftest.py) and stops it by PID afterwards.
+Needs root, docker.io and debootstrap (`.ci/run` installs them).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,56 +26,6 @@ from textclf.serving import auth
 pytestmark = pytest.mark.image
 BIN = Path(sys.executable).parent
 TEXTS = ["质量很好，第3次购买，非常满意", "太差了，第9次买到坏的，很失望", "第一次买，还行"]
-
-
-def _docker_env(sock: Path) -> dict[str, str]:
-    # Debian's docker client first: it builds through the daemon's BuildKit (no buildx plugin needed).
-    return {**env(), "DOCKER_HOST": f"unix://{sock}", "PATH": f"/usr/bin:{BIN}:{os.environ['PATH']}"}
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("debootstrap"):
-        pytest.fail(
-            "needs root, dockerd and debootstrap (apt-get install docker.io debootstrap; .ci/run does it)"
-        )
-    tmp = Path("/tmp") / f"textclf-docker-{os.getpid()}"  # short: the socket path has a length limit
-    data, execroot, sock = tmp / "data", tmp / "exec", tmp / "docker.sock"
-    for d in (data, execroot):
-        d.mkdir(parents=True, exist_ok=True)
-    log = (tmp_path_factory.mktemp("dockerd") / "dockerd.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--data-root",
-            str(data),
-            "--exec-root",
-            str(execroot),
-            "-H",
-            f"unix://{sock}",
-            "-p",
-            str(tmp / "dockerd.pid"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    denv = _docker_env(sock)
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "info"], env=denv, capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, "dockerd did not start"
-            time.sleep(0.5)
-        yield denv
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        subprocess.run(["umount", str(execroot / "netns" / "default")], capture_output=True)
-        subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
