@@ -60,7 +60,10 @@ def test_happy_path_then_no_change(pipeline, project: Path) -> None:
     from prefect.artifacts import Artifact
 
     token = "ghp_tokenthatmustnotleak"  # a private origin with a token in its URL (docs/security.md)
-    run(["git", "remote", "add", "origin", f"https://x-access-token:{token}@git.example.invalid/t.git"], project)
+    run(
+        ["git", "remote", "add", "origin", f"https://x-access-token:{token}@git.example.invalid/t.git"],
+        project,
+    )
     state = pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
