@@ -390,6 +390,24 @@ def test_every_classified_text_is_recorded(server: str, monitoring_dir: Path) ->
     assert recorded >= 50 and "textclf_monitoring_dropped_total" in metrics
 
 
+def test_a_lone_surrogate_gets_400_and_costs_no_record(server: str, monitoring_dir: Path) -> None:
+    """A JSON-escaped lone surrogate ("\\ud800") is refused by the JSON parser (form bodies, where it
+    used to pass, get 415); nothing is recorded and the next request's texts are. (A surrogate that
+    reaches the recorder anyway is written safely: tests/test_monitor.py.)"""
+    from textclf.data.records import TRAFFIC, read_records
+
+    before = len(list(read_records(monitoring_dir, TRAFFIC)))
+    body = b'{"texts": ["\\u597d\\u8bc4", "a\\ud800", "\\u5dee\\u8bc4"]}'
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
+        refused = client.post("/classify", content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 400, refused.text
+        _classify(client, ["好评", "差评"])
+    bad: list[str] = []
+    assert _count(monitoring_dir, TRAFFIC, before + 2) == before + 2
+    assert [r["text"] for r in read_records(monitoring_dir, TRAFFIC, bad=bad)][-2:] == ["好评", "差评"]
+    assert bad == []
+
+
 def test_feedback_is_validated_and_stored(server: str, monitoring_dir: Path) -> None:
     from textclf.data.records import FEEDBACK, read_records
 
