@@ -57,9 +57,10 @@ PG_BIN = Path(
 PG_SUPERUSER = "textclf"
 REGION = "us-east-1"
 # MLflow accounts: name -> (permission on the experiment, permission on the registered model).
-# EDIT on a registered model includes setting aliases (MLflow's permission model): the trainer could
-# move @champion; deleting an alias (the gate drops @challenger) needs MANAGE. See docs/security.md.
-ACCOUNTS = {"gate": ("EDIT", "MANAGE"), "trainer": ("EDIT", "EDIT"), "reader": ("READ", "READ")}
+# EDIT on a registered model includes setting aliases (MLflow's permission model), so only the gate
+# holds more than READ on it: the gate registers versions, moves aliases and writes the version tags
+# (deleting @challenger needs MANAGE); the trainer logs runs and models in the experiment.
+ACCOUNTS = {"gate": ("EDIT", "MANAGE"), "trainer": ("EDIT", "READ"), "reader": ("READ", "READ")}
 # S3 access key ids per holder; moto accepts any key and enforces no IAM policy (docs/scale-out.md)
 S3_KEYS = {"mlflow": "textclf-mlflow-server", "worker": "textclf-worker", "client": "textclf-client"}
 # passed from the caller to the worker when set: locale, and a development checkout's source path

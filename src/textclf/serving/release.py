@@ -28,7 +28,7 @@ from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
 from textclf.tracking.pyfunc import download_model_dir
-from textclf.tracking.store import client
+from textclf.tracking.store import client, gate_account
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageR
         model_dir = served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
         model_tag = import_model_dir(model_dir, cfg.serve.model_store_name, labels)
     bento_tag = build_bento(model_tag, cfg.serve, root, labels)
-    c.set_model_version_tag(model, version, R.BENTO_TAG, bento_tag)
+    with gate_account():  # registry bookkeeping is the gate's: the trainer only reads the registry
+        c.set_model_version_tag(model, version, R.BENTO_TAG, bento_tag)
     log.info("packaged %s v%s as bento %s", model, version, bento_tag)
     return PackageResult(bento_tag, model_tag, version, str(dockerfile_path(bento_tag)))
 
