@@ -502,6 +502,8 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
     assert got("mlflow anonymous search", httpx.get(search, timeout=30).status_code) == 401
     art = f"{mlflow}/api/2.0/mlflow-artifacts/artifacts"
     assert got("mlflow anonymous artifact list", httpx.get(art, timeout=30).status_code) == 401
+    put = httpx.put(f"{art}/1/intruder.txt", content=b"x", timeout=30)
+    assert got("mlflow anonymous artifact write", put.status_code) == 401
     assert got("mlflow reader search", httpx.get(search, auth=reader, timeout=30).status_code) == 200
     move = {"name": model, "alias": "champion", "version": other}
     assert (
@@ -513,6 +515,10 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
         auth=reader, timeout=30,
     )  # fmt: skip
     assert got("mlflow reader delete version", delete_v.status_code) == 403
+    drop_c = httpx.request(
+        "DELETE", alias, json={"name": model, "alias": "challenger"}, auth=reader, timeout=30
+    )
+    assert got("mlflow reader delete @challenger", drop_c.status_code) == 403
     drop = httpx.request(
         "DELETE", alias, json={"name": model, "alias": "previous-champion"}, auth=trainer, timeout=30
     )
