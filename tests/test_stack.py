@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import psutil
@@ -434,14 +435,16 @@ def _two_gates(stack, a: Path, cc: Path, tmp: Path, champion) -> None:  # noqa: 
 
     c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
     name = champion.name
-    versions = [
-        str(
-            c.create_model_version(
-                name, champion.source, champion.run_id, model_id=champion.source.removeprefix("models:/")
-            ).version
-        )
-        for _ in range(2)
-    ]
+    gate = {"MLFLOW_TRACKING_USERNAME": "gate", "MLFLOW_TRACKING_PASSWORD": stack.secret("mlflow-gate")}
+    with mock.patch.dict(os.environ, gate):  # registering is the gate's: the trainer only reads the registry
+        versions = [
+            str(
+                c.create_model_version(
+                    name, champion.source, champion.run_id, model_id=champion.source.removeprefix("models:/")
+                ).version
+            )
+            for _ in range(2)
+        ]
     barrier = tmp / "barrier"
     barrier.mkdir()
     for proj in (a, cc):  # the gate judges on the current test split: prepare is deterministic
