@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,17 @@ def make_project(
     run(["git", "add", "-A"], proj)
     run(["git", "commit", "-qm", "init"], proj)
     return proj
+
+
+class Webhook(BaseHTTPRequestHandler):
+    """A loopback webhook receiver for notification tests: the JSON bodies it got, in order."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from projects import TINY, make_project, run, toy_corpus, write_params
+from projects import TINY, Webhook, make_project, run, toy_corpus, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -327,18 +327,6 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     assert {normalize(t) for t in new} <= train and test_text not in train
 
 
-class _Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_validation_failure_stops_before_training_and_notifies(
     pipeline, project: Path, repo_root: Path
 ) -> None:
@@ -346,7 +334,8 @@ def test_validation_failure_stops_before_training_and_notifies(
 
     from textclf.data.io import write_csv
 
-    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    Webhook.received.clear()  # one list per process: shared by the tests that use it
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/hook"
     CustomWebhookNotificationBlock(name="textclf", url=url, json_data={"text": "{{body}}"}).save("failures")
@@ -372,7 +361,7 @@ def test_validation_failure_stops_before_training_and_notifies(
     assert time.monotonic() - start < 60, "a deterministic failure must not be retried"
     assert _aliases(project) == versions_before
     assert (model.stat().st_mtime_ns if model.exists() else None) == model_mtime
-    assert _Webhook.received and "label_in_set" in _Webhook.received[0]["text"]
+    assert Webhook.received and "label_in_set" in Webhook.received[0]["text"]
 
 
 def test_prefect_lock_is_mutual_exclusion(harness) -> None:

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from projects import run
+from projects import Webhook, run
 
 pytestmark = pytest.mark.integration
 
@@ -116,18 +115,6 @@ def test_a_token_in_the_origin_goes_into_a_secret_block_not_the_deployment(
     assert (tmp_path / "worker" / pulled["directory"] / "flows" / "pipeline.py").is_file()
 
 
-class _Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def failing_flow(harness):
     """A flow with the training pipeline's own failure and crash hooks, failing at once."""
@@ -151,7 +138,8 @@ def _params(project: Path, block: str) -> str:
 def test_a_failed_run_is_sent_through_the_saved_notification_block(failing_flow, tmp_path: Path) -> None:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    Webhook.received.clear()  # one list per process: shared by the tests that use it
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     CustomWebhookNotificationBlock(
         name="textclf", url=f"http://127.0.0.1:{server.server_port}/hook", json_data={"text": "{{body}}"}
@@ -161,7 +149,7 @@ def test_a_failed_run_is_sent_through_the_saved_notification_block(failing_flow,
     finally:
         server.shutdown()
     assert state.is_failed()
-    assert len(_Webhook.received) == 1 and "disk full" in _Webhook.received[0]["text"]
+    assert len(Webhook.received) == 1 and "disk full" in Webhook.received[0]["text"]
 
 
 def test_a_missing_notification_block_is_a_warning_not_another_failure(
