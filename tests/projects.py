@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,16 @@ def make_project(
     run(["git", "add", "-A"], proj)
     run(["git", "commit", "-qm", "init"], proj)
     return proj
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    """``check()``'s first truthy result, polled every 2 s; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Webhook(BaseHTTPRequestHandler):

@@ -20,13 +20,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
 import httpx
 import pytest
+
+from projects import wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "textclf-compose-test"
@@ -41,15 +43,6 @@ def _timed(name: str) -> Iterator[None]:
     start = time.monotonic()
     yield
     TIMES[name] = round(time.monotonic() - start, 1)
-
-
-def _wait(check: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _status(url: str, **kw: object) -> int:
@@ -143,13 +136,15 @@ def compose(
         with _timed("up_s"):  # docker-compose waits for postgres' health and the buckets job here
             dc("up", "-d")
         with _timed("ready_s"):
-            _wait(lambda: _status(f"{MLFLOW}/health") == 200, 300, "MLflow's /health")
-            _wait(lambda: _status(f"{PREFECT}/health") == 200, 300, "Prefect's /api/health")
-            _wait(lambda: container("mlflow-accounts")["State"]["Status"] == "exited", 300, "mlflow-accounts")
+            wait_for(lambda: _status(f"{MLFLOW}/health") == 200, 300, "MLflow's /health")
+            wait_for(lambda: _status(f"{PREFECT}/health") == 200, 300, "Prefect's /api/health")
+            wait_for(
+                lambda: container("mlflow-accounts")["State"]["Status"] == "exited", 300, "mlflow-accounts"
+            )
             # the worker creates its pool once it reaches the server (it may start first)
             auth = tuple(values["PREFECT_AUTH_STRING"].split(":", 1))
             pool = f"{PREFECT}/work_pools/textclf"
-            _wait(lambda: _status(pool, auth=auth) == 200, 180, "the worker to create its pool")
+            wait_for(lambda: _status(pool, auth=auth) == 200, 180, "the worker to create its pool")
         accounts = container("mlflow-accounts")["State"]
         assert accounts["ExitCode"] == 0, dc("logs", "mlflow-accounts").stdout[-3000:]
         yield {
@@ -252,7 +247,7 @@ def test_a_flow_run_completes_on_the_compose_worker(compose: dict) -> None:
                 state = client.read_flow_run(fr.id).state
                 return state.type.value if state and state.is_final() else None
 
-            state = _wait(final, 300, "the flow run on the compose worker")
+            state = wait_for(final, 300, "the flow run on the compose worker")
     worker_log = compose["dc"]("logs", "prefect-worker").stdout
     assert state == "COMPLETED", worker_log[-4000:]
     assert str(fr.id) in worker_log  # this worker ran it

@@ -27,7 +27,7 @@ import httpx
 import psutil
 import pytest
 
-from projects import TINY, env, make_project, run, toy_corpus
+from projects import TINY, env, make_project, run, toy_corpus, wait_for
 
 # The stack supervisor is a tool beside the flows (flows/stack.py), not a module of the library.
 _spec = importlib.util.spec_from_file_location(
@@ -177,12 +177,12 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     ):
         fr = run_deployment("training_pipeline/nightly", timeout=0)
         with get_client(sync_client=True) as client:
-            _wait(
+            wait_for(
                 lambda: _task_state(client, fr.id, "train") == "RUNNING", 600, "train to start on the worker"
             )
             killed = _kill_tree(s.pids["prefect-worker"]["pid"])
             s.up()  # restarts the worker (and only the worker)
-            final = _wait(lambda: _final_state(client, fr.id), 900, "the flow run to finish")
+            final = wait_for(lambda: _final_state(client, fr.id), 900, "the flow run to finish")
             history = [st.name for st in client.read_flow_run_states(fr.id)]
             logs = "" if final == "COMPLETED" else _logs(client, fr.id)
         assert final == "COMPLETED", f"{history}\n{logs}"
@@ -311,7 +311,7 @@ def _drift_starts_training_on_the_pool(stack, records: Path) -> None:  # noqa: A
         get_client(sync_client=True) as client,
     ):
         mon = run_deployment("monitor/monitor", timeout=0)
-        assert _wait(lambda: _final_state(client, mon.id), 600, "the monitor run") == "COMPLETED", _logs(
+        assert wait_for(lambda: _final_state(client, mon.id), 600, "the monitor run") == "COMPLETED", _logs(
             client, mon.id
         )
         started = [
@@ -321,18 +321,9 @@ def _drift_starts_training_on_the_pool(stack, records: Path) -> None:  # noqa: A
         training = started[0]
         assert "project_dir" not in training.parameters, training.parameters
         assert training.parameters["import_feedback"] is True
-        final = _wait(lambda: _final_state(client, training.id), 900, "the drift-triggered training")
+        final = wait_for(lambda: _final_state(client, training.id), 900, "the drift-triggered training")
         assert final == "COMPLETED", _logs(client, training.id)
         print(f"stack test: drift-triggered run {training.name}: {final}, {training.parameters['reason']}")
-
-
-def _wait(check, timeout: float, what: str):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _task_state(client, flow_run_id, name: str) -> str | None:  # noqa: ANN001
@@ -369,7 +360,7 @@ def _serve_and_classify(stack, proj: Path, champion) -> None:  # noqa: ANN001
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _ready(base) or (proc.poll() is not None and _fail(log)), 180, "bentoml serve")
+        wait_for(lambda: _ready(base) or (proc.poll() is not None and _fail(log)), 180, "bentoml serve")
         served = httpx.post(f"{base}/classify", json={"texts": TEXTS}, timeout=60)
         assert served.status_code == 200, served.text
         from mlflow.tracking import MlflowClient
@@ -411,7 +402,7 @@ params["gate"]["infra_validation"]["enabled"] = False  # judged and served above
 cfg = config_from_dict(params)
 decide = gate_run.decide
 
-def decide_then_wait(*args):  # test-side fault injection: both processes decide, then race
+def decide_thenwait_for(*args):  # test-side fault injection: both processes decide, then race
     decision = decide(*args)
     (barrier / f"ready-{version}").touch()
     deadline = time.time() + 300
