@@ -4,8 +4,9 @@
 
 Runs ``textclf.train.trainer.train_model`` directly (no MLflow, no DVC: a bare GPU machine needs only
 torch, transformers, pandas, scikit-learn and pydantic) once per variant (a dict of params overrides;
-default: the configured model as is) and prints one row per run: device, precision, steps, wall time,
-samples/s and the best validation accuracy / macro-F1. The test split is not read.
+default: the configured model as is; ``{"train": {"precision": "fp32"}}`` turns bf16 off) and prints one
+row per run: precision, steps, wall time, samples/s, peak GPU memory, the best validation accuracy /
+macro-F1, and the kept model's test macro-F1 (reported only: nothing is chosen on test).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from textclf.config import apply_overrides, load_config
 from textclf.data.prepare import read_split
+from textclf.evaluate.metrics import macro_f1
+from textclf.model.predictor import Predictor
 from textclf.train.trainer import effective_config, train_model
 
 
@@ -35,28 +38,37 @@ def main() -> None:
 
     base = effective_config(load_config(ns.params))  # the GPU profile applies when CUDA is present
     variants = json.loads(ns.variants.read_text()) if ns.variants else {"default": {}}
-    train, val = read_split(ns.prepared, "train"), read_split(ns.prepared, "val")
+    train, val, test = (read_split(ns.prepared, s) for s in ("train", "val", "test"))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(
-        f"device: {device}; torch {torch.__version__}; "
-        f"bf16: {torch.cuda.is_available() and torch.cuda.is_bf16_supported()}"
-    )
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    print(f"device: {device}; torch {torch.__version__}; bf16: {bf16}")
     rows = []
     for name, overrides in variants.items():
         cfg = apply_overrides(base, overrides)
         with tempfile.TemporaryDirectory() as tmp:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             result = train_model(cfg, train, val, Path(tmp) / "model", Path(tmp) / "ckpt")
+            wall = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+            predictor = Predictor(Path(tmp) / "model")
+            probs, _ = predictor.predict_proba(test["text"].tolist(), batch_size=cfg.train.eval_batch_size)
+            ids = {label: i for i, label in enumerate(predictor.labels)}
+            y = [ids[label] for label in test["label"]]
             rows.append(
                 {
                     "variant": name,
+                    "precision": "bf16" if cfg.train.precision == "auto" and bf16 else "fp32",
                     "batch_size": cfg.train.batch_size,
                     "steps": result.global_step,
-                    "wall_s": round(time.perf_counter() - start, 1),
+                    "wall_s": round(wall, 1),
                     "samples_per_s": round(result.train_samples_per_s, 1),
+                    "peak_gib": round(peak, 2),
                     "val_accuracy": round(result.best.get("val_accuracy", float("nan")), 4),
                     "val_macro_f1": round(result.best.get("val_macro_f1", float("nan")), 4),
                     "best_epoch": result.best.get("epoch"),
+                    "test_macro_f1": round(macro_f1(y, probs.argmax(axis=1), len(ids)), 4),
                 }
             )
         print(json.dumps(rows[-1]), flush=True)

@@ -273,6 +273,8 @@ class TrainConfig(_Frozen):
     save_total_limit: int = Field(default=2, ge=1)
     logging_steps: int = Field(default=50, ge=1)
     num_threads: int | None = None
+    # auto: bf16 mixed precision on a CUDA GPU that supports it, fp32 elsewhere; fp32: always fp32.
+    precision: Literal["auto", "fp32"] = "auto"
     # > 1: `textclf train` starts itself under torchrun with this many processes (gloo on CPU, nccl on GPU).
     processes: int = Field(default=1, ge=1)
     # Applied on top of model/train when CUDA is present: {"model": {...}, "train": {...}}.

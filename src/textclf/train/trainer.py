@@ -62,7 +62,7 @@ def effective_config(cfg: Config) -> Config:
 
 
 def training_arguments(cfg: Config, output_dir: Path, **overrides: Any) -> TrainingArguments:
-    """TrainingArguments derived from ``cfg.train`` (bf16 on CUDA, fp32 on CPU)."""
+    """TrainingArguments derived from ``cfg.train`` (bf16 on CUDA unless ``train.precision: fp32``)."""
     import torch
 
     t = cfg.train
@@ -86,7 +86,7 @@ def training_arguments(cfg: Config, output_dir: Path, **overrides: Any) -> Train
         logging_steps=t.logging_steps,
         seed=t.seed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=t.precision == "auto" and cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         dataloader_num_workers=0,
         remove_unused_columns=False,
