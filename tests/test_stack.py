@@ -402,7 +402,7 @@ params["gate"]["infra_validation"]["enabled"] = False  # judged and served above
 cfg = config_from_dict(params)
 decide = gate_run.decide
 
-def decide_thenwait_for(*args):  # test-side fault injection: both processes decide, then race
+def decide_then_wait(*args):  # test-side fault injection: both processes decide, then race
     decision = decide(*args)
     (barrier / f"ready-{version}").touch()
     deadline = time.time() + 300
