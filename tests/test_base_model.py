@@ -204,9 +204,10 @@ def test_rerun_fetches_and_converts_nothing(converted, monkeypatch: pytest.Monke
 
 
 def test_provenance_and_card(converted) -> None:
-    _, model_dir, sha, _ = converted
+    cache, model_dir, sha, _ = converted
     prov = json.loads((model_dir / bm.PROVENANCE_FILE).read_text())
     assert prov["source"] == SOURCE and prov["wheel_sha256"] == sha and prov["member"] == "tinye5/tiny.bin"
+    assert prov["member_sha256"] == hashlib.sha256((cache / "wheels" / "tiny.bin").read_bytes()).hexdigest()
     card = (model_dir / bm.CARD_FILE).read_text()
     assert card.startswith("---\nlicense:") and "## Intended use" in card and "## Limitations" in card
     assert bm.read_provenance(model_dir)["license"] == "unknown"

