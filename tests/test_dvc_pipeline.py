@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -52,10 +51,9 @@ def test_repro_produces_disjoint_splits_and_noop_rerun(project: Path) -> None:
     shown = _run([str(BIN / "dvc"), "metrics", "show"], project).stdout
     assert "transformer.accuracy" in shown and "baseline.accuracy" in shown
 
-    start = time.monotonic()
-    out = _run([str(BIN / "dvc"), "repro"], project)
-    assert time.monotonic() - start < 5, "a no-op repro must take under 5 s"
+    out = _run([str(BIN / "dvc"), "repro"], project)  # a no-op: no stage runs again
     assert "didn't change" in out.stdout or "up to date" in out.stdout
+    assert "Running stage" not in out.stdout, out.stdout
     status = _run([str(BIN / "dvc"), "status"], project)
     assert "up to date" in status.stdout
     dag = _run([str(BIN / "dvc"), "dag", "--md"], project)
