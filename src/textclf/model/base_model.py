@@ -51,7 +51,7 @@ KNOWN_UPSTREAM: dict[str, dict[str, str]] = {
         "license": "non-commercial research use only (M3E model card)",
     },
 }
-PERMISSIVE = {"mit": "mit", "apache-2.0": "apache-2.0", "bsd-3-clause": "bsd-3-clause"}
+PERMISSIVE = {"mit", "apache-2.0", "bsd-3-clause"}  # Hugging Face licence ids; any other shows as "other"
 # File tensor names -> XLMRobertaModel parameter names (weights are [out, in] in both).
 _EMBEDDINGS = {
     "emb.word": "embeddings.word_embeddings.weight",
@@ -377,7 +377,7 @@ def model_card(p: dict[str, Any]) -> str:
     return "\n".join(
         [
             "---",
-            f"license: {PERMISSIVE.get(str(p.get('license')).lower(), 'other')}",
+            f"license: {lic if (lic := str(p.get('license')).lower()) in PERMISSIVE else 'other'}",
             f"license_name: {p.get('license', 'unknown')}",
             f"base_model: {upstream}",
             "library_name: transformers",
