@@ -24,7 +24,7 @@ import pandas as pd
 
 from textclf.config import apply_overrides, load_config
 from textclf.data.normalize import normalize
-from textclf.model.build import build_classifier, build_tokenizer
+from textclf.model.build import build_classifier, build_tokenizer, local_pretrained
 from textclf.train.data import encode, resolve_labels
 from textclf.train.trainer import CountingTrainer, compute_metrics, training_arguments
 
@@ -47,6 +47,9 @@ def run_variant(name: str, cfg: Any, train: pd.DataFrame, val: pd.DataFrame, ste
     train_texts = [normalize(t, cfg.prepare.normalize) for t in train["text"]]
     val_texts = [normalize(t, cfg.prepare.normalize) for t in val["text"]]
     set_seed(cfg.train.seed)
+    fit = train_texts if cfg.model.vocab == "train" else []
+    model_cfg, _ = local_pretrained(cfg.model, cfg.paths.base_models, fit, out / "base")
+    cfg = cfg.model_copy(update={"model": model_cfg})
     tokenizer = build_tokenizer(cfg.model, train_texts)
     model = build_classifier(cfg.model, tokenizer, labels)
     max_len = cfg.model.max_length

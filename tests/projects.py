@@ -27,6 +27,7 @@ PROJECT_DIRS = ("src", "flows")
 TINY = {
     "validation": {"raw": {"min_rows": 100}},
     "model": {
+        "pretrained": None,  # the from-scratch char-BERT
         "max_length": 32,
         "architecture": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
         "tokenizer": {"min_frequency": 1},
@@ -44,7 +45,7 @@ TINY = {
         "min_accuracy": 0.6,
         "min_macro_f1": 0.6,
         "min_class_recall": 0.3,
-        "require_beats_baseline": False,
+        "baseline": "off",
         "min_slice_size": 1000,
         "latency_texts": 10,
         "max_latency_p95_ms": 2000,  # the machine is shared with other tests: no timing flakes

@@ -124,3 +124,13 @@ def test_code_defaults_are_params_yaml(repo_root: Path) -> None:
         if code_leaves.get(k) != params_leaves.get(k)
     }
     assert not differ, f"config.py default vs params.yaml: {differ}"
+
+
+def test_gate_baseline_off_survives_yaml_booleans(repo_root: Path, tmp_path: Path) -> None:
+    """`gate.baseline: off` unquoted is YAML 1.1's false (DVC's --set-param writes it so): it means off."""
+    text = (repo_root / "params.yaml").read_text().replace("  baseline: not_worse", "  baseline: off")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_config(tmp_path / "params.yaml").gate.baseline == "off"
+    with pytest.raises(ConfigError, match="gate.baseline"):
+        (tmp_path / "params.yaml").write_text(text.replace("  baseline: off", "  baseline: true"))
+        load_config(tmp_path / "params.yaml")

@@ -376,7 +376,7 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
     assert result.transformer["truncated_fraction"] == pytest.approx(1 / 12)
     metrics = _numeric_only(out / "metrics.json")
     assert set(metrics) == {"transformer", "baseline", "transformer_vs_baseline", "variants"}
-    for name in ("torch", "int8", "onnx", "onnx-int8"):  # what `dvc metrics show` lists per variant
+    for name in ("torch", "bf16", "onnx"):  # what `dvc metrics show` lists per variant
         assert set(metrics["variants"][name]) == {
             "accuracy", "macro_f1", "agreement", "p95_ms", "size_mb", "speedup", "passed"
         }  # fmt: skip

@@ -22,13 +22,13 @@ N = 1000
 IDS = tuple(f"t{i:04d}" for i in range(N))
 GOLD = tuple(LABELS[i % 2] for i in range(N))
 ALL_PASS_BEHAVIOUR = BehaviourResult(applicable=True, pass_rate=1.0, n_cases=18, n_passed=18)
-# params.yaml's gate, with the numbers these tests judge against set here (the baseline requirement on,
+# params.yaml's gate, with the numbers these tests judge against set here (gate.baseline: better,
 # a 100 ms budget) and a smaller bootstrap for speed.
 CFG = load_config(Path(__file__).resolve().parents[1] / "params.yaml").gate.model_copy(
     update={
         "bootstrap_resamples": 200,
         "min_slice_size": 50,
-        "require_beats_baseline": True,
+        "baseline": "better",
         "max_latency_p95_ms": 100.0,
     }
 )
@@ -134,7 +134,7 @@ def test_first_model_checks_floors_budget_baseline_behaviour_only() -> None:
         "accuracy_floor",
         "macro_f1_floor",
         "class_recall_floor",
-        "beats_baseline",
+        "vs_baseline",
         "latency_p95_ms",
         "model_size_mb",
         "behaviour_pass_rate",
@@ -259,36 +259,51 @@ def test_slice_regression_detected_and_small_slices_not_judged() -> None:
     assert relaxed.promote
 
 
+def _baseline_with(only_baseline_right: int, only_model_right: int) -> tuple[str, ...]:
+    """The baseline shares the model's 100 errors (ids 0-99) except the first ``only_baseline_right``,
+    and adds ``only_model_right`` of its own."""
+    wrong = (set(range(100)) - set(range(only_baseline_right))) | set(range(500, 500 + only_model_right))
+    return tuple(_flip(g) if i in wrong else g for i, g in enumerate(GOLD))
+
+
 def test_beating_the_baseline_must_be_significant_when_its_predictions_are_known() -> None:
-    """Paired: McNemar on the examples exactly one of model and baseline gets right, at gate.alpha."""
+    """gate.baseline=better, paired: McNemar on the examples exactly one of model and baseline gets right."""
     model_wrong = set(range(0, 100))  # 100 errors: macro-F1 ~0.90
-
-    def baseline(only_baseline_right: int, only_model_right: int) -> tuple[str, ...]:
-        # the baseline shares the model's errors except the first `only_baseline_right`, and adds its own
-        wrong = (model_wrong - set(range(only_baseline_right))) | set(range(500, 500 + only_model_right))
-        return tuple(_flip(g) if i in wrong else g for i, g in enumerate(GOLD))
-
-    close = evidence("v1", model_wrong, baseline_macro_f1=0.89, baseline_predicted=baseline(10, 14))
-    row = by_name(decide(close, None, CFG))["beats_baseline"]
-    assert not row.passed and "model alone right 14, baseline alone right 10" in row.detail
-    clear = evidence("v1", model_wrong, baseline_macro_f1=0.85, baseline_predicted=baseline(5, 40))
-    row = by_name(decide(clear, None, CFG))["beats_baseline"]
-    assert row.passed and "McNemar p<0.001" in row.detail
-    unpaired = by_name(decide(evidence("v1", model_wrong), None, CFG))["beats_baseline"]
+    close = evidence("v1", model_wrong, baseline_macro_f1=0.89, baseline_predicted=_baseline_with(10, 14))
+    row = by_name(decide(close, None, CFG))["vs_baseline"]
+    assert not row.passed and "McNemar b=10 c=14" in row.detail and "not significantly better" in row.detail
+    clear = evidence("v1", model_wrong, baseline_macro_f1=0.85, baseline_predicted=_baseline_with(5, 40))
+    row = by_name(decide(clear, None, CFG))["vs_baseline"]
+    assert row.passed and "b=5 c=40 p<0.001" in row.detail
+    unpaired = by_name(decide(evidence("v1", model_wrong), None, CFG))["vs_baseline"]
     assert unpaired.passed and "unpaired" in unpaired.detail
+
+
+def test_not_worse_promotes_a_tie_and_rejects_a_model_the_baseline_beats() -> None:
+    """The default policy: a tie (no significant difference) passes with its numbers shown; a model the
+    baseline beats significantly (the old char-BERT against TF-IDF) is rejected with b, c and p."""
+    cfg = CFG.model_copy(update={"baseline": "not_worse"})
+    model_wrong = set(range(0, 100))
+    tie = evidence("v1", model_wrong, baseline_macro_f1=0.90, baseline_predicted=_baseline_with(12, 10))
+    d = decide(tie, None, cfg)
+    assert d.promote and "b=12 c=10" in by_name(d)["vs_baseline"].detail
+    beaten = evidence("v1", model_wrong, baseline_macro_f1=0.94, baseline_predicted=_baseline_with(60, 5))
+    d = decide(beaten, None, cfg)
+    assert not d.promote and [c.name for c in d.failed] == ["vs_baseline"]
+    assert "b=60 c=5 p<0.001: the baseline is significantly better" in d.reason
+    off = decide(beaten, None, CFG.model_copy(update={"baseline": "off"}))
+    assert off.promote and not by_name(off)["vs_baseline"].applicable
+    assert "(reported only: gate.baseline=off)" in by_name(off)["vs_baseline"].detail
+    assert "vs_baseline" in off.to_markdown()
 
 
 def test_baseline_requirement() -> None:
     good = evidence("v1", range(0, 100))  # macro-F1 ~0.90
     beaten = evidence("v1", range(0, 100), baseline_macro_f1=0.92)
     d = decide(beaten, None, CFG)
-    assert [c.name for c in d.failed] == ["beats_baseline"]
-    assert "<= baseline 0.920" in d.reason
+    assert [c.name for c in d.failed] == ["vs_baseline"]
+    assert "vs baseline 0.920" in d.reason and "unpaired" in d.reason
     assert decide(good, None, CFG).promote
-    off = decide(beaten, None, CFG.model_copy(update={"require_beats_baseline": False}))
-    assert off.promote and not by_name(off)["beats_baseline"].applicable
-    assert "(reported only: gate.require_beats_baseline=false)" in by_name(off)["beats_baseline"].detail
-    assert "beats_baseline" in off.to_markdown()
     missing = decide(evidence("v1", baseline_macro_f1=None), None, CFG)
     assert "no baseline metrics" in missing.reason
 

@@ -213,7 +213,7 @@ def test_first_model_promoted(project: dict) -> None:
     assert _aliases(project, "m-first") == {"champion": v}  # challenger alias consumed
     crit = {x.name: x for x in d.criteria}
     assert crit["accuracy_floor"].value > 0.9  # the toy task is learnable
-    assert crit["beats_baseline"].passed and crit["latency_p95_ms"].value > 0
+    assert crit["vs_baseline"].passed and crit["latency_p95_ms"].value > 0
     mv = c.get_model_version("m-first", v)
     assert mv.tags[R.GATE_RESULT] == "pass" and mv.tags[R.GATE_DECISION] == d.id
     assert mv.tags["textclf.promoted_via"] == "gate" and mv.tags["textclf.replaced"] == "none"

@@ -15,7 +15,7 @@ from textclf.evaluate import variants as V
 from textclf.model.predictor import Predictor
 from train_fixtures import make_frame, tiny_config
 
-CFG = VariantsConfig(latency_texts=20, latency_warmup=2)
+CFG = VariantsConfig(names=("bf16", "int8", "onnx", "onnx-int8"), latency_texts=20, latency_warmup=2)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,13 @@ def test_exported_variants_predict_like_fp32(trained, tmp_path: Path) -> None:
     model_dir, texts, gold = trained
     rows = V.score_variants(CFG, model_dir, tmp_path, texts, gold, batch_size=64)
 
-    assert set(rows) == {"torch", "int8", "onnx", "onnx-int8"}
+    assert set(rows) == {"torch", "bf16", "int8", "onnx", "onnx-int8"}
     assert rows["torch"]["accuracy"] > 0.9, "the tiny model learned the markers"
     assert rows["onnx"]["agreement"] == 1.0 and rows["onnx"]["accuracy"] == rows["torch"]["accuracy"]
-    for name in ("int8", "onnx-int8"):
+    for name in ("bf16", "int8", "onnx-int8"):
         assert rows[name]["agreement"] >= 0.99, rows[name]
     assert rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]
+    assert rows["bf16"]["size_mb"] < 0.6 * rows["torch"]["size_mb"]  # weights held in bf16
     on_disk = json.loads((tmp_path / PARITY_FILE).read_text())["variants"]
     assert on_disk == json.loads(json.dumps(rows))
     for row in (rows[n] for n in CFG.names):  # passed: every criterion held; else the failed ones are named
@@ -59,7 +60,9 @@ def test_a_broken_variant_is_rejected_and_never_served(trained, tmp_path: Path, 
     model_dir, texts, gold = trained
     real_export = V.export_onnx
     broken = _random_copy(model_dir, tmp_path / "random")
-    monkeypatch.setattr(V, "export_onnx", lambda model_dir, out_dir: real_export(broken, out_dir))
+    monkeypatch.setattr(
+        V, "export_onnx", lambda model_dir, out_dir, int8=True: real_export(broken, out_dir, int8)
+    )
 
     rows = V.score_variants(CFG, model_dir, tmp_path / "v", texts, gold, batch_size=64)
 
@@ -69,7 +72,7 @@ def test_a_broken_variant_is_rejected_and_never_served(trained, tmp_path: Path, 
         assert any(p.startswith("agreement") for p in rows[name]["problems"]), rows[name]["problems"]
     with pytest.raises(ModelSourceError, match="onnx failed the parity gate: agreement"):
         V.resolve_runtime("onnx", rows)
-    assert V.resolve_runtime("auto", rows) in {"torch", "int8"}
+    assert V.resolve_runtime("auto", rows) in {"torch", "bf16", "int8"}
 
 
 def test_resolve_runtime() -> None:

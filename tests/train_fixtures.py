@@ -44,6 +44,7 @@ def tiny_config(**train_over: Any) -> Config:
         {
             "data": {"labels": None},
             "model": {
+                "pretrained": None,
                 "max_length": 32,
                 "architecture": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
                 "tokenizer": {"min_frequency": 1, "vocab_size": 200},

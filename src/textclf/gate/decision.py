@@ -6,7 +6,7 @@ Criteria (each a :class:`Criterion`):
 * with a champion, on the comparison set (test examples that neither model trained on): macro-F1
   non-regression within ``max_regression``, not significantly worse (exact McNemar or paired
   bootstrap), optionally a significant gain of at least ``min_improvement``, per-slice non-regression;
-* beats the same run's baseline (reported only unless ``require_beats_baseline``); serving budget
+* against the same run's n-gram baseline, by ``gate.baseline`` (better | not_worse | off); serving budget
   (p95 latency, size); behavioural pass rate.
 
 Nothing here touches MLflow, files or torch: the caller scores both models on the same split.
@@ -290,34 +290,37 @@ def _slice_criteria(
     return out
 
 
-def _beats_baseline(ch: Evidence, cfg: GateConfig) -> Criterion:
-    """Macro-F1 above the same run's baseline and, when the baseline's predictions on the same test ids
-    are known, significantly so: exact McNemar on the examples exactly one of the two gets right, at
-    ``gate.alpha``. With the requirement off, the comparison is only reported."""
+def _vs_baseline(ch: Evidence, cfg: GateConfig) -> Criterion:
+    """The challenger against the same run's n-gram baseline, by ``gate.baseline``: ``better`` needs a
+    higher macro-F1 and, when the baseline's predictions on the same test ids are known, exact McNemar
+    p < ``gate.alpha`` in the model's favour; ``not_worse`` rejects only a baseline significantly better
+    (unpaired: a baseline with the higher macro-F1); ``off`` reports the comparison only. The detail
+    shows b (baseline alone right), c (model alone right) and p."""
+    policy = cfg.baseline
     if ch.baseline_macro_f1 is None:
         return Criterion(
-            "beats_baseline",
-            None,
-            None,
-            False,
-            "no baseline metrics for this run",
-            ">",
-            applicable=cfg.require_beats_baseline,
+            "vs_baseline", None, None, False, "no baseline metrics for this run", "vs", policy != "off"
         )
     y, pred = ch.encoded()
     value, base = M.macro_f1(y, pred, len(ch.labels)), ch.baseline_macro_f1
-    passed = value > base
-    detail = f"macro-F1 {value:.3f} {'>' if passed else '<='} baseline {base:.3f}"
+    detail = f"macro-F1 {value:.3f} vs baseline {base:.3f} ({value - base:+.3f})"
     if ch.baseline_predicted is not None:
         baseline = M.encode_labels(ch.baseline_predicted, ch.labels)
         m = stats.mcnemar_exact(baseline == y, pred == y)
-        passed = passed and m.c > m.b and m.p_value < cfg.alpha
-        detail += f", McNemar {_p(m.p_value)} (model alone right {m.c}, baseline alone right {m.b})"
+        significant = m.p_value < cfg.alpha
+        better, worse = value > base and m.c > m.b and significant, m.b > m.c and significant
+        detail += f", McNemar b={m.b} c={m.c} {_p(m.p_value)}"
     else:
+        better, worse = value > base, value < base
         detail += ", unpaired (no baseline predictions for these test ids)"
-    if not cfg.require_beats_baseline:
-        detail += " (reported only: gate.require_beats_baseline=false)"
-    return Criterion("beats_baseline", value, base, passed, detail, ">", cfg.require_beats_baseline)
+    if policy == "better":
+        passed = better
+        detail += "" if passed else ": not significantly better than the baseline (gate.baseline=better)"
+    else:
+        passed = not worse
+        detail += ": the baseline is significantly better" if worse else ""
+        detail += " (reported only: gate.baseline=off)" if policy == "off" else ""
+    return Criterion("vs_baseline", value, base, passed, detail, "vs", policy != "off")
 
 
 def _at_most(name: str, value: float | None, limit: float | None, what: str) -> Criterion:
@@ -380,7 +383,7 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
         comparison, compared = compare(challenger, champion, cfg)
         criteria += compared
     criteria += [
-        _beats_baseline(challenger, cfg),
+        _vs_baseline(challenger, cfg),
         _at_most("latency_p95_ms", challenger.latency_p95_ms, cfg.max_latency_p95_ms, "p95 latency (ms)"),
         _at_most("model_size_mb", challenger.model_size_mb, cfg.max_model_size_mb, "model size (MB)"),
         _behaviour(challenger, cfg),

@@ -126,14 +126,16 @@ def bert_config(cfg: ModelConfig, tokenizer: Any, labels: Sequence[str] | None =
 def build_classifier(
     cfg: ModelConfig, tokenizer: Any, labels: Sequence[str], init_from: Path | None = None
 ) -> PreTrainedModel:
-    """Sequence classifier: from ``init_from`` (e.g. MLM weights), the pretrained source, or fresh."""
+    """Sequence classifier: from ``init_from`` (e.g. MLM weights), the pretrained source, or fresh.
+    ``model.pooling`` and ``model.head`` apply to a pretrained source only."""
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
     id2label, label2id = label_maps(labels)
     label_kwargs = {"num_labels": len(labels), "id2label": id2label, "label2id": label2id}
     head: Any = AutoModelForSequenceClassification
-    if cfg.pooling == "mean":
+    if cfg.pretrained and cfg.pooling == "mean":
         head = MeanXLMRobertaForSequenceClassification
+        label_kwargs["classifier_head"] = cfg.head
     if init_from is not None:
         return head.from_pretrained(str(init_from), **label_kwargs)
     if cfg.pretrained:

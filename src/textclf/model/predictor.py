@@ -5,7 +5,8 @@ A model directory is a standard Hugging Face directory (safetensors weights, con
 settings and max length used in training. Serving, evaluation and the MLflow pyfunc all go through
 :class:`Predictor`, so preprocessing exists in one place only.
 
-The forward pass runs on one of :data:`RUNTIMES`: the fp32 torch model, torch dynamic int8 quantization
+The forward pass runs on one of :data:`RUNTIMES`: the fp32 torch model, the same in bf16 (weights cast at
+load, bf16 autocast: what AMX / AVX512-BF16 CPUs compute natively), torch dynamic int8 quantization
 of its Linear layers (done at load), or ONNX Runtime on an exported graph (``model.onnx``,
 ``model.int8.onnx``; see :mod:`textclf.evaluate.variants`). A model directory prepared for serving names
 its runtime in ``textclf_runtime.json``; without it the runtime is torch.
@@ -27,7 +28,7 @@ from textclf.errors import ModelSourceError
 
 PREPROCESSING_FILE = "textclf_preprocessing.json"
 RUNTIME_FILE = "textclf_runtime.json"  # {"runtime": ..., "parity": {...}}: what a served directory runs
-RUNTIMES = ("torch", "int8", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "bf16", "int8", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
@@ -107,7 +108,7 @@ class Predictor:
         if self.runtime in ONNX_FILES:
             self.session = _onnx_session(Path(onnx_dir or model_dir) / ONNX_FILES[self.runtime], threads)
         else:
-            self.model = _torch_model(model_dir, self.runtime == "int8").to(self.device)
+            self.model = _torch_model(model_dir, self.runtime).to(self.device)
 
     @property
     def max_length(self) -> int:
@@ -153,7 +154,8 @@ class Predictor:
         import torch
 
         if self.session is None:
-            with torch.inference_mode():
+            bf16 = self.runtime == "bf16"
+            with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
                 return self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}).logits
         feed = {i.name: enc[i.name].astype(np.int64) for i in self.session.get_inputs()}
         return torch.from_numpy(self.session.run(None, feed)[0])
@@ -174,14 +176,16 @@ class Predictor:
         return out
 
 
-def _torch_model(model_dir: Path, int8: bool) -> Any:
+def _torch_model(model_dir: Path, runtime: str) -> Any:
     import warnings
 
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    if not int8:
+    if runtime == "bf16":
+        return model.to(torch.bfloat16)
+    if runtime != "int8":
         return model
     with warnings.catch_warnings():  # eager-mode quantization is deprecated in favour of torchao
         warnings.simplefilter("ignore")

@@ -136,7 +136,7 @@ class ServiceMetadata(BaseModel):
     max_length: int = Field(description="Max tokens per text; longer texts are truncated")
     normalize: dict[str, bool]
     device: str
-    runtime: str = Field(description="What runs the model: torch (fp32), int8, onnx or onnx-int8")
+    runtime: str = Field(description="What runs the model: torch (fp32), bf16, int8, onnx or onnx-int8")
     parity: dict[str, float] = Field(
         description="The runtime's figures from evaluate vs fp32 on test: accuracy, macro_f1, agreement, "
         "p95_ms, size_mb, speedup (empty for torch from a run without variants)"

@@ -61,8 +61,22 @@ def effective_config(cfg: Config) -> Config:
     return cfg
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a CUDA GPU that supports it, else a CPU with AMX or
+    AVX512-BF16 (what torch's own CPU dispatch asks; elsewhere bf16 is emulated and slower than fp32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    cpu = torch.cpu
+    return any(
+        getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+
+
 def training_arguments(cfg: Config, output_dir: Path, **overrides: Any) -> TrainingArguments:
-    """TrainingArguments derived from ``cfg.train`` (bf16 on CUDA unless ``train.precision: fp32``)."""
+    """TrainingArguments derived from ``cfg.train``: bf16 autocast where :func:`native_bf16` (GPU or CPU)
+    unless ``train.precision: fp32``."""
     import torch
 
     t = cfg.train
@@ -86,7 +100,7 @@ def training_arguments(cfg: Config, output_dir: Path, **overrides: Any) -> Train
         logging_steps=t.logging_steps,
         seed=t.seed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        bf16=t.precision == "auto" and cuda and torch.cuda.is_bf16_supported(),
+        bf16=t.precision == "auto" and native_bf16(),
         use_cpu=not cuda,
         dataloader_num_workers=0,
         remove_unused_columns=False,
