@@ -338,7 +338,10 @@ def test_a_model_changed_after_the_gate_is_refused(project: dict, tmp_path: Path
         assert _aliases(project, "m-digest") == {"champion": v2, "previous-champion": v1}
     finally:
         weights.write_bytes(original)
-    assert served_model_dir(c, "m-digest", v1, "torch", tmp_path / "ok").is_dir()
+    served = served_model_dir(c, "m-digest", v1, "torch", tmp_path / "ok")
+    card = (served / "README.md").read_text()  # the card that ships carries this version's numbers
+    assert f"## Evaluation of m-digest v{v1}" in card and "Served runtime: torch" in card
+    assert "| TF-IDF baseline |" in card and "Gate: " in card
 
 
 def _champion_random_after_good(project: dict, name: str) -> Config:

@@ -26,6 +26,7 @@ from textclf.model.tokenizer import UNK, build_char_tokenizer  # noqa: E402
 from textclf.train.data import training_fingerprint  # noqa: E402
 from textclf.train.trainer import (  # noqa: E402
     FINGERPRINT_FILE,
+    ShuffledLengthGroups,
     effective_config,
     prepare_checkpoint_dir,
     train_model,
@@ -276,3 +277,22 @@ def test_class_weighted_loss_only_when_classes_are_skewed(tmp_path: Path, caplog
         )
     assert "class-weighted loss {'neg': 0.6, 'pos': 3.0}" in caplog.text
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_length_grouped_batches_come_in_random_order() -> None:
+    """Every example once per epoch; each batch of 32 consecutive indices is a length group (the spread
+    of one sorted chunk's slice), the groups are not a long-to-short sweep (HF's order, which cost val
+    points), and the order is a function of (seed, epoch) so that a resumed run skips the same batches."""
+    lengths = np.random.default_rng(0).integers(1, 128, size=3300).tolist()
+    sampler = ShuffledLengthGroups(lengths, batch_size=32, seed=7)
+    order = list(sampler)
+    assert sorted(order) == list(range(3300))
+    batches = [order[i : i + 32] for i in range(0, 3300, 32)]
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches[:-1]]
+    assert np.median(spans) <= 4  # grouped: random batches would span ~120
+    first_max = [max(lengths[i] for i in b) for b in batches[:50]]
+    assert abs(np.corrcoef(range(50), first_max)[0, 1]) < 0.5  # no sweep in either direction
+    assert len(batches[-1]) == 3300 % 32  # the short batch last: the DataLoader's batches stay groups
+    assert list(ShuffledLengthGroups(lengths, 32, seed=7)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order

@@ -95,7 +95,30 @@ def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, ds
         shutil.copyfile(path, model_dir / ONNX_FILES[name])
     figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
     (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
+    _card_numbers(c, mv, model_dir, name, figures)
     return model_dir
+
+
+def _card_numbers(c: MlflowClient, mv: Any, model_dir: Path, runtime: str, figures: dict[str, Any]) -> None:
+    """Append this version's measured numbers to the model card (README.md) that ships in the Bento: the
+    run's test metrics beside its baseline's, the gate's reason, and the served runtime's parity figures."""
+    metrics = c.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    nan = float("nan")
+    rows = [
+        f"| {who} | {metrics.get(p + 'accuracy', nan):.4f} | {metrics.get(p + 'macro_f1', nan):.4f} |"
+        for who, p in (("this model (fp32)", C.TEST_PREFIX), ("TF-IDF baseline", f"baseline_{C.TEST_PREFIX}"))
+    ]
+    served = ", ".join(f"{k} {v:.4g}" for k, v in sorted(figures.items()) if isinstance(v, int | float))
+    card = model_dir / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {mv.name} v{mv.version}\n"
+    card.write_text(
+        "\n".join([text.rstrip("\n"), "", f"## Evaluation of {mv.name} v{mv.version} (textclf)", "",
+                   "Test split of the run that trained it (evaluate stage):", "",
+                   "| model | accuracy | macro-F1 |", "| --- | --- | --- |", *rows, "",
+                   f"Gate: {mv.description or 'not judged'}", "",
+                   f"Served runtime: {runtime}" + (f" ({served})" if served else ""), ""]),
+        encoding="utf-8",
+    )  # fmt: skip
 
 
 def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:

@@ -34,6 +34,10 @@ class EncodedDataset:
         self._enc = encodings
         self._labels = None if labels is None else list(labels)
 
+    @property
+    def encodings(self) -> dict[str, list[list[int]]]:
+        return self._enc
+
     def __len__(self) -> int:
         return len(self._enc["input_ids"])
 
