@@ -410,6 +410,7 @@ class GateConfig(_Frozen):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads an unquoted `off` as false
+
     # Serving budget measured by the caller; None disables the check.
     max_latency_p95_ms: float | None = Field(default=200.0, gt=0.0)
     max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
