@@ -314,7 +314,7 @@ class VariantsConfig(_Frozen):
     p95 latency (1 thread) is lower than fp32's.
     """
 
-    names: tuple[Literal["bf16", "int8", "onnx", "onnx-int8"], ...] = ("bf16", "onnx")
+    names: tuple[Literal["bf16", "int8", "onnx", "onnx-int8"], ...] = ("bf16",)
     min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
     max_metric_delta: float = Field(default=0.005, ge=0.0, le=1.0)
     latency_texts: int = Field(default=200, ge=10)
