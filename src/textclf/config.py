@@ -218,7 +218,7 @@ class TokenizerConfig(_Frozen):
 
 class MlmConfig(_Frozen):
     enabled: bool = False
-    epochs: float = Field(default=1.0, gt=0.0)
+    epochs: float = Field(default=2.0, gt=0.0)
     learning_rate: float = Field(default=5e-4, gt=0.0)
     mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
     extra_corpus: Path | None = None  # more unlabeled text, one document per line
@@ -259,7 +259,7 @@ class ModelConfig(_Frozen):
 
 class TrainConfig(_Frozen):
     seed: int = 42
-    epochs: float = Field(default=1.0, gt=0.0)
+    epochs: float = Field(default=2.0, gt=0.0)
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
