@@ -218,7 +218,7 @@ class TokenizerConfig(_Frozen):
 
 class MlmConfig(_Frozen):
     enabled: bool = False
-    epochs: float = Field(default=2.0, gt=0.0)
+    epochs: float = Field(default=1.0, gt=0.0)
     learning_rate: float = Field(default=5e-4, gt=0.0)
     mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
     extra_corpus: Path | None = None  # more unlabeled text, one document per line
