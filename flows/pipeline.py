@@ -154,16 +154,13 @@ def training_pipeline(
         logger.info(
             "%d feedback rows merged into the data", _task(merge, "import feedback", cfg)(cfg, root, True)
         )
-    result = runs.RunResult(
-        "no change", "no change: DVC reports every stage up to date and the run was judged"
-    )
+    result = runs.RunResult("no change", runs.NO_CHANGE)
     result.reason = reason
-    run = runs.current_run(cfg, root)
     if set_params:
         _task(repro.produce, "prepare current split", cfg)(root, cfg.paths.prepared)
         result.run_id = _task(experiment, "experiment", cfg)(root, set_params, cfg)
-    elif not force and run and not repro.changed(root) and runs.judged(cfg, root, run["run_id"]):
-        result.run_id = run["run_id"]
+    elif not force and (judged_run := runs.up_to_date(cfg, root)):
+        result.run_id = judged_run
     else:
         result.stages = {
             name: _task(stage, name, cfg)(root, name, cfg, force) for name in repro.stage_names(root)

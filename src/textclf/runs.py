@@ -31,9 +31,25 @@ class RunResult:
     reason: str | None = None  # why the run was started, when something else than the schedule did
 
 
+NO_CHANGE = "DVC reports every stage up to date and the run was judged"
+
+
 def current_run(cfg: Config, root: Path) -> dict[str, str] | None:
     """The MLflow run of the workspace's training (written by the train stage)."""
     return C.read_run_record(root / cfg.paths.training)
+
+
+def up_to_date(cfg: Config, root: Path) -> str | None:
+    """The workspace's run when there is nothing to do (every DVC stage up to date and the gate decided
+    on that run), else None. Cheap: the CLI asks it before importing Prefect."""
+    from textclf import repro
+
+    status = repro.status_in_background(root)
+    run = current_run(cfg, root)
+    decided = run is not None and judged(cfg, root, run["run_id"])
+    if status.wait() != 0 or not decided:
+        return None
+    return run["run_id"]  # type: ignore[index]
 
 
 def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:

@@ -1,7 +1,7 @@
 """The one text normalization, imported by prepare, training, evaluation and serving.
 
-Its settings travel with the model directory (see ``textclf.model.io``) so serving rebuilds
-exactly what training saw.
+Its settings travel with the model directory (``textclf_preprocessing.json``, written by
+``textclf.model.predictor``) so serving rebuilds exactly what training saw.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from mlflow.tracking import MlflowClient
 import textclf
 from textclf import contracts as C
 from textclf.errors import DataError
-from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,7 @@ class TextclfPyfunc(mlflow.pyfunc.PythonModel):
     """Predicts raw text through the model directory's own :class:`Predictor`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from textclf.model.predictor import Predictor
 
         self._predictor = Predictor(context.artifacts[MODEL_DIR_ARTIFACT])
 
@@ -129,6 +129,8 @@ def log_pyfunc_model(
     The signature is inferred from ``example_texts`` and the predictions of the same model.
     """
     from mlflow.models import infer_signature
+
+    from textclf.model.predictor import Predictor
 
     model_dir = Path(model_dir)
     examples = [str(t) for t in example_texts] or ["example"]
