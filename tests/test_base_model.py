@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from textclf.errors import ModelSourceError  # noqa: E402
 from textclf.model import base_model as bm  # noqa: E402
+from textclf.model import formats  # noqa: E402
+from textclf.model.vocab import fit_to_texts  # noqa: E402
 
 H, NL, NH, FF, MAXP, TVS, EPS = 32, 2, 2, 64, 16, 2, 1e-12
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -137,7 +139,7 @@ def test_q4_0_dequantization_follows_e5c() -> None:
     # one block: d = 0.5; byte j holds weight j (low nibble) and weight j + 16 (high nibble)
     q = np.arange(32) % 16
     raw = np.float16(0.5).tobytes() + bytes(int(q[j]) | int(q[j + 16]) << 4 for j in range(16))
-    np.testing.assert_array_equal(bm.dequantize_q4_0(raw, 32), (q - 8) * 0.5)
+    np.testing.assert_array_equal(formats.dequantize_q4_0(raw, 32), (q - 8) * 0.5)
 
 
 def test_converted_model_matches_the_engine_forward(converted) -> None:
@@ -171,7 +173,7 @@ def test_pruning_keeps_outputs_on_kept_texts(converted, tmp_path: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     base_dir = converted[1]
-    fitted = bm.fit_to_texts(base_dir, ["酒店很好", "服务不好"], tmp_path / "fit")
+    fitted = fit_to_texts(base_dir, ["酒店很好", "服务不好"], tmp_path / "fit")
     tok0, tok1 = (AutoTokenizer.from_pretrained(d) for d in (base_dir, fitted))
     m0, m1 = (AutoModel.from_pretrained(d, add_pooling_layer=False).eval() for d in (base_dir, fitted))
     assert len(tok1) < len(tok0) and m1.config.vocab_size == len(tok1)
@@ -186,7 +188,7 @@ def test_pruning_keeps_outputs_on_kept_texts(converted, tmp_path: Path) -> None:
         torch.testing.assert_close(m1(**e1).last_hidden_state, m0(**e0).last_hidden_state)
     assert bm.read_provenance(fitted)["fitted"]["pieces"] == len(tok1)
     mtime = (fitted / "model.safetensors").stat().st_mtime_ns
-    assert bm.fit_to_texts(base_dir, ["酒店很好", "服务不好"], tmp_path / "fit") == fitted
+    assert fit_to_texts(base_dir, ["酒店很好", "服务不好"], tmp_path / "fit") == fitted
     assert (fitted / "model.safetensors").stat().st_mtime_ns == mtime
 
 

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from textclf.config import ModelConfig
 from textclf.errors import ModelSourceError
-from textclf.model.base_model import ensure_base_model, fit_to_texts, is_package_source
+from textclf.model.base_model import ensure_base_model, is_package_source
 from textclf.model.pooling import MeanXLMRobertaForSequenceClassification
 from textclf.model.tokenizer import build_char_tokenizer
+from textclf.model.vocab import fit_to_texts
 
 if TYPE_CHECKING:
     from transformers import BertConfig, PreTrainedModel, PreTrainedTokenizerBase
