@@ -183,11 +183,13 @@ def _aliases(p: dict, name: str) -> dict[str, str]:
 def test_score_version_on_the_current_split(project: dict) -> None:
     from textclf.data.prepare import split_digest
     from textclf.gate.evidence import score_version
+    from textclf.serving.release import ServedModel
 
     cfg, c = _cfg("m-evidence"), project["client"]
     v = _register(project, cfg, "good")
     test = project["splits"]["test"]
-    scored = score_version(cfg, c, v, test, split_digest(test), project["root"] / "ev", measure=True)
+    served = ServedModel.load(c, "m-evidence", v, "torch", project["root"] / "served")
+    scored = score_version(cfg, c, served, test, split_digest(test), project["root"] / "ev", measure=True)
     ev = scored.evidence
     assert ev.version == v and ev.ids == tuple(test["id"]) and ev.labels == tuple(LABELS)
     assert ev.train_ids == frozenset(project["splits"]["train"]["id"])
@@ -198,7 +200,7 @@ def test_score_version_on_the_current_split(project: dict) -> None:
     assert ev.slices["has_negation"] == {
         i for i, t in zip(test["id"], test["text"], strict=True) if "不" in t
     }
-    lean = score_version(cfg, c, v, test, split_digest(test), project["root"] / "ev2", measure=False)
+    lean = score_version(cfg, c, served, test, split_digest(test), project["root"] / "ev2", measure=False)
     assert lean.evidence.latency_p95_ms is None and lean.evidence.predicted == ev.predicted
 
 
@@ -520,10 +522,31 @@ def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage) -> None:  # noqa: ANN
     monkeypatch.setattr(release, "import_model_dir", tampered)
 
 
-def test_infra_validation_serves_the_bento_before_promotion(project: dict) -> None:
+def test_infra_validation_serves_the_bento_before_promotion(
+    project: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textclf.model.predictor import Predictor
+    from textclf.serving import release
+
+    built: list[tuple[str, Path]] = []  # (version, served directory) per build
+    loaded: list[Path] = []  # model directories a Predictor was loaded from, in this process
+    real_served, real_init = release.served_model_dir, Predictor.__init__
+
+    def served_model_dir(c, model, version, runtime, dst):  # noqa: ANN001, ANN202
+        built.append((version, out := real_served(c, model, version, runtime, dst)))
+        return out
+
+    def init(self, model_dir, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        loaded.append(Path(model_dir))
+        real_init(self, model_dir, *args, **kwargs)
+
+    monkeypatch.setattr(release, "served_model_dir", served_model_dir)
+    monkeypatch.setattr(Predictor, "__init__", init)
     cfg, root, c = _cfg("m-infra", infra_validation=INFRA), project["root"], project["client"]
     v = _register(project, cfg, "good")
     outcome = run_gate(cfg, root)
+    # one candidate per gate run: judged, served and packaged from one directory and one predictor
+    assert [d for version, d in built if version == v] == [built[0][1]] and loaded.count(built[0][1]) == 1
     row = {x.name: x for x in outcome.decision.criteria}["infra_validation"]
     assert outcome.promoted and row.passed and row.value >= 0.999, row.detail
     assert "answered 200" in row.detail and "lineage matches" in row.detail

@@ -24,8 +24,7 @@ from textclf.evaluate import metrics as M
 from textclf.evaluate.variants import latency_p95_ms
 from textclf.gate.behaviour import run_behaviour_checks
 from textclf.gate.decision import Evidence
-from textclf.model.predictor import Predictor
-from textclf.serving.release import served_model_dir
+from textclf.serving.release import ServedModel
 from textclf.tracking.run import BASELINE_MACRO_F1, TAG_DIGEST_PREFIX, TRAIN_IDS_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -68,21 +67,19 @@ class Scored:
 def score_version(
     cfg: Config,
     c: MlflowClient,
-    version: str,
+    served: ServedModel,
     test: pd.DataFrame,
     test_digest: str,
     work_dir: Path,
     measure: bool,
 ) -> Scored:
-    """Re-score registered ``version`` on ``test``. ``measure=False`` skips what only the challenger
-    needs (baseline, serving budget, behaviour): a champion contributes predictions and training ids."""
+    """Re-score a registered version, loaded as ``served``, on ``test``. ``measure=False`` skips what
+    only the challenger needs (baseline, serving budget, behaviour): a champion contributes predictions
+    and training ids."""
 
+    version, predictor, model_dir = served.version, served.predictor, served.model_dir
     mv = c.get_model_version(cfg.mlflow.registered_model, version)
     work_dir.mkdir(parents=True, exist_ok=True)
-    # The challenger is judged on the runtime its Bento will serve (latency budget included).
-    runtime = cfg.serve.runtime if measure else "torch"
-    model_dir = served_model_dir(c, cfg.mlflow.registered_model, version, runtime, work_dir)
-    predictor = Predictor(model_dir, device="cpu")
     labels = predictor.labels
     M.encode_labels(test["label"].tolist(), labels)  # the test labels must be the model's
     texts = test["text"].tolist()

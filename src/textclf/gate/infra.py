@@ -18,17 +18,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 
 from textclf.config import Config
 from textclf.gate.behaviour import cases_for
-from textclf.model.predictor import Predictor
 from textclf.serving import auth
 from textclf.serving.package import ServeFailed, served
-from textclf.serving.release import package_version, served_model_dir
+from textclf.serving.release import ServedModel, package_version
 
 log = logging.getLogger(__name__)
 
@@ -114,26 +112,26 @@ def infra_validate(
 
 
 def validate_candidate(
-    cfg: Config, root: Path, c: Any, version: str, run_id: str | None, test_texts: Sequence[str]
+    cfg: Config, root: Path, served: ServedModel, run_id: str | None, test_texts: Sequence[str]
 ) -> tuple[InfraResult, str]:
-    """Package registry ``version``'s Bento and validate it against the same model's offline predictions
-    on the golden set: ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
+    """Package the gate's candidate (``served``: its model directory as the Bento serves it) and validate
+    the Bento against the same predictor's offline predictions on the golden set:
+    ``gate.infra_validation.golden_texts`` test texts plus the behavioural cases."""
 
     icfg = cfg.gate.infra_validation
-    bento = package_version(cfg, root, version).bento_tag
+    bento = package_version(cfg, root, served=served).bento_tag
     texts = [
         *test_texts[: icfg.golden_texts],
         *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),
     ]
+    offline = [p.label for p in served.predictor.predict(texts)]
+    lineage = {"registered_version": served.version, "mlflow_run_id": run_id or ""}
     with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
-        model_dir = served_model_dir(c, cfg.mlflow.registered_model, version, cfg.serve.runtime, Path(tmp))
-        predictor = Predictor(model_dir, device="cpu")  # the runtime the Bento serves
-        offline = [p.label for p in predictor.predict(texts)]
         result = infra_validate(
             bento,
             texts,
             offline,
-            {"registered_version": version, "mlflow_run_id": run_id or "", "runtime": predictor.runtime},
+            {**lineage, "runtime": served.predictor.runtime},
             min_agreement=icfg.min_agreement,
             max_p95_ms=cfg.gate.max_latency_p95_ms,
             concurrency=icfg.concurrency,

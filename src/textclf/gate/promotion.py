@@ -32,6 +32,7 @@ from textclf.gate.decision import reason as reason_line
 from textclf.gate.evidence import score_version
 from textclf.gate.infra import validate_candidate
 from textclf.serving.package import label_bento
+from textclf.serving.release import ServedModel
 from textclf.tracking import registry as R
 from textclf.tracking.store import client as make_client
 from textclf.tracking.store import gate_account, tracking_uri
@@ -122,17 +123,21 @@ def run_gate(
     digest = split_digest(test)
     log.info("gate: candidate v%s vs champion %s on %d test rows", cand, champion, len(test))
     with tempfile.TemporaryDirectory(prefix="textclf-gate-") as tmp:
-        ch = score_version(cfg, c, cand, test, digest, Path(tmp) / "candidate", measure=True)
+        # the candidate as its Bento will serve it (runtime and latency budget included): built once,
+        # then judged, served in infra validation and packaged
+        served = ServedModel.load(c, model, cand, cfg.serve.runtime, Path(tmp) / "candidate")
+        ch = score_version(cfg, c, served, test, digest, Path(tmp) / "candidate-work", measure=True)
         cp = None
         if champion is not None and champion != cand:
-            cp = score_version(cfg, c, champion, test, digest, Path(tmp) / "champion", measure=False)
-    decision = decide(ch.evidence, cp.evidence if cp else None, cfg.gate)
-    if champion == cand:
-        decision = _already_champion(decision, cand)
-    notes = tuple(dict.fromkeys(ch.notes + (cp.notes if cp else ())))
-    bento = None
-    if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
-        decision, bento = _infra_validation(cfg, root, c, cand, ch.run_id, test, decision)
+            incumbent = ServedModel.load(c, model, champion, "torch", Path(tmp) / "champion")
+            cp = score_version(cfg, c, incumbent, test, digest, Path(tmp) / "champion-work", measure=False)
+        decision = decide(ch.evidence, cp.evidence if cp else None, cfg.gate)
+        if champion == cand:
+            decision = _already_champion(decision, cand)
+        notes = tuple(dict.fromkeys(ch.notes + (cp.notes if cp else ())))
+        bento = None
+        if decision.promote and not dry_run and cfg.gate.infra_validation.enabled:
+            decision, bento = _infra_validation(cfg, root, served, ch.run_id, test, decision)
     decided_at = C.now()
     promoted = False
     error: BaseException | None = None
@@ -163,12 +168,12 @@ def run_gate(
 
 
 def _infra_validation(
-    cfg: Config, root: Path, c: MlflowClient, cand: str, run_id: str | None, test: Any, decision: Decision
+    cfg: Config, root: Path, served: ServedModel, run_id: str | None, test: Any, decision: Decision
 ) -> tuple[Decision, str]:
     """Build and serve the candidate's Bento (textclf.gate.infra); the result is one more row, and a
     failure means no promotion and a Bento labelled rejected."""
 
-    result, bento = validate_candidate(cfg, root, c, cand, run_id, test["text"].tolist())
+    result, bento = validate_candidate(cfg, root, served, run_id, test["text"].tolist())
     row = Criterion(
         "infra_validation",
         result.agreement,

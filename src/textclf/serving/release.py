@@ -24,7 +24,7 @@ from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
 from textclf.evaluate.variants import resolve_runtime
-from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE
+from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE, Predictor
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
 from textclf.tracking.pyfunc import download_model_dir
@@ -99,6 +99,21 @@ def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, ds
     return model_dir
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A registry version as its Bento serves it: :func:`served_model_dir` and its predictor. The gate
+    builds its candidate's once and hands it to the evidence, infra validation and packaging."""
+
+    version: str
+    model_dir: Path
+    predictor: Predictor
+
+    @classmethod
+    def load(cls, c: MlflowClient, model: str, version: str, runtime: str, dst: Path) -> ServedModel:
+        model_dir = served_model_dir(c, model, version, runtime, dst)
+        return cls(version, model_dir, Predictor(model_dir, device="cpu"))
+
+
 def _card_numbers(c: MlflowClient, mv: Any, model_dir: Path, runtime: str, figures: dict[str, Any]) -> None:
     """Append this version's measured numbers to the model card (README.md) that ships in the Bento: the
     run's test metrics beside its baseline's, the gate's reason, and the served runtime's parity figures."""
@@ -121,13 +136,18 @@ def _card_numbers(c: MlflowClient, mv: Any, model_dir: Path, runtime: str, figur
     )  # fmt: skip
 
 
-def package_version(cfg: Config, root: Path, ref: str | None = None) -> PackageResult:
-    """Import the referenced registry version into BentoML and build the Bento (offline)."""
+def package_version(
+    cfg: Config, root: Path, ref: str | None = None, *, served: ServedModel | None = None
+) -> PackageResult:
+    """Import the referenced registry version (or the gate's ``served`` candidate, already built) into
+    BentoML and build the Bento (offline)."""
     c, model = client(cfg, root), cfg.mlflow.registered_model
-    version = _version(c, model, ref or cfg.serve.registry_ref)
+    version = served.version if served else _version(c, model, ref or cfg.serve.registry_ref)
     labels = lineage_labels(c, model, version)
     with tempfile.TemporaryDirectory(prefix="textclf-package-") as tmp:
-        model_dir = served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
+        model_dir = (
+            served.model_dir if served else served_model_dir(c, model, version, cfg.serve.runtime, Path(tmp))
+        )
         model_tag = import_model_dir(model_dir, cfg.serve.model_store_name, labels)
     bento_tag = build_bento(model_tag, cfg.serve, root, labels)
     with gate_account():  # registry bookkeeping is the gate's: the trainer only reads the registry
