@@ -132,8 +132,17 @@ def create_mlflow_accounts(
                 auth.create_user(user, passwords[user])
             except MlflowException:
                 auth.update_user_password(user, passwords[user])
-            auth.grant_user_permission(user, "experiment", exp_id, on_exp)
-            auth.grant_user_permission(user, "registered_model", model, on_model)
+            for kind, resource, permission in (
+                ("experiment", exp_id, on_exp),
+                ("registered_model", model, on_model),
+            ):
+                try:
+                    auth.grant_user_permission(user, kind, resource, permission)
+                except MlflowException as err:  # granted by an earlier `up`: set it to what ACCOUNTS says
+                    if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    auth.revoke_user_permission(user, kind, resource)
+                    auth.grant_user_permission(user, kind, resource, permission)
 
 
 class Stack:
@@ -304,9 +313,14 @@ class Stack:
             "prefect-server": self._prefect_server,
             "prefect-worker": self._worker,
         }
+        # accounts and passwords are applied on every `up`, also to servers already running: a second
+        # `up`, an `up` after `down` and an `up` after deleting a password file (rotation) all converge
+        settle = {"postgres": self._postgres_roles, "mlflow": self._mlflow_accounts}
         for name, start in starters.items():
             if not running[name]:
                 start()
+            if name in settle:
+                settle[name]()
 
     def down(self, purge: bool = False) -> None:
         for name in reversed(SERVICES):
@@ -334,10 +348,16 @@ class Stack:
 
     # ------------------------------------------------------------------ services
     def _psql(self, sql: str, db: str = "postgres") -> subprocess.CompletedProcess[str]:
+        """``sql`` as the superuser, on psql's stdin: statements carry role passwords, and a command
+        line is readable by every user of the machine (``ps``)."""
         cmd = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.ports["postgres"]), "-U", PG_SUPERUSER]
         env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": self.secret("pg-superuser")}
         return subprocess.run(
-            [*cmd, "-d", db, "-v", "ON_ERROR_STOP=1", "-tAc", sql], capture_output=True, text=True, env=env
+            [*cmd, "-d", db, "-v", "ON_ERROR_STOP=1", "-tA"],
+            input=sql,
+            capture_output=True,
+            text=True,
+            env=env,
         )
 
     def _postgres(self) -> None:
@@ -377,9 +397,13 @@ class Stack:
             60,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         )
-        # a role and database per server, owned by that role, not the superuser (a restart finds them)
+
+    def _postgres_roles(self) -> None:
+        """A role and database per server, owned by that role, not the superuser; each role's password
+        is the one on file (created, or altered after a rotation). Only the owners connect."""
         for role, dbs in (("mlflow", ("mlflow", "mlflow_auth")), ("prefect", ("prefect",))):
             pw = self.secret(f"pg-{role}")
+            self._pgpass(role)  # the server's password file follows a rotation too
             exists = self._psql(f"SELECT 1 FROM pg_roles WHERE rolname='{role}'").stdout.strip()
             verb = "ALTER" if exists else "CREATE"
             done = self._psql(f"{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{pw}'")
@@ -391,6 +415,7 @@ class Stack:
                     if done.returncode != 0:
                         raise StackError(f"creating database {db} failed: {done.stderr.strip()}")
                 self._psql(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
+        self._psql("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")  # the superuser's maintenance db
 
     def _s3(self) -> None:
         import boto3
@@ -444,7 +469,6 @@ class Stack:
         cmd += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
         env = self._env({**self.mlflow_env(), "PGPASSFILE": str(self._pgpass("mlflow"))})
         self._start("mlflow", cmd, self._http_ok(f"http://127.0.0.1:{port}/health"), 180, env=env)
-        self._mlflow_accounts()
 
     def _mlflow_accounts(self) -> None:
         create_mlflow_accounts(

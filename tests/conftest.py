@@ -49,6 +49,16 @@ for _d in ("home", "xdg"):
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _unwind(signum: int, frame: object) -> None:
+    """SIGTERM / SIGHUP (CI cancelled, `.ci/run`'s trap) unwind the session like Ctrl-C: every ``with``
+    block and fixture that started a server (bentoml serve, dockerd, the stack) stops it on the way out."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _unwind)
+signal.signal(signal.SIGHUP, _unwind)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -55,6 +55,7 @@ CLASSIFY_TOKEN, _CLASSIFIER = auth.issue(["classify"])
 LIMITED_TOKEN, _LIMITED = auth.issue(["classify", "feedback"])
 TOKENS = {"tester": _TESTER, "classifier": _CLASSIFIER, "limited": _LIMITED}
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+HOLD_ENV = "TEXTCLF_TEST_HOLD_SERVER"  # a file: test_hold_the_server writes the URL there and waits
 LINEAGE = {
     "registered_model": "textclf-sentiment",
     "registered_version": "3",
@@ -580,3 +581,10 @@ def test_serving_without_a_token_refuses_to_start(built: dict[str, str], tmp_pat
     with pytest.raises(package.ServeFailed, match="no token is configured"):
         with package.served(built["bento"], tmp_path / "serve.log", timeout_s=120, env=env):
             pass
+
+
+@pytest.mark.skipif(not os.environ.get(HOLD_ENV), reason="started by test_cleanup.py")
+def test_hold_the_server(server: str) -> None:
+    """Test-side: hold the module's server until killed, for tests/test_cleanup.py."""
+    Path(os.environ[HOLD_ENV]).write_text(server)
+    time.sleep(600)

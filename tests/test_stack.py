@@ -627,3 +627,77 @@ def _logs(client, flow_run_id) -> str:  # noqa: ANN001
         LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=60, sort=LogSort.TIMESTAMP_DESC
     )
     return "\n".join(f"{log.timestamp:%H:%M:%S} {log.message[:2000]}" for log in reversed(logs))
+
+
+def _logins(stack) -> dict[str, bool]:  # noqa: ANN001
+    """Which passwords each account's server accepts: the one on file, and a wrong one."""
+    url = f"{stack.client_env()['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name"
+    out = {}
+    for account in S.ACCOUNTS:
+        for which, password in (("file", stack.secret(f"mlflow-{account}")), ("wrong", "not-the-password")):
+            r = httpx.get(
+                url, params={"experiment_name": stack.experiment}, auth=(account, password), timeout=30
+            )
+            out[f"mlflow {account} {which}"] = r.status_code == 200
+    for role in ("mlflow", "prefect"):
+        for which, password in (("file", stack.secret(f"pg-{role}")), ("wrong", "not-the-password")):
+            psql = [str(S.PG_BIN / "psql"), "-w", "-h", "127.0.0.1", "-p", str(stack.ports["postgres"])]
+            done = subprocess.run(
+                [*psql, "-U", role, "-d", role, "-tA"], input="select 1", capture_output=True, text=True,
+                env={"PATH": "/usr/bin:/bin", "PGPASSWORD": password},
+            )  # fmt: skip
+            out[f"postgres {role} {which}"] = done.returncode == 0
+    return out
+
+
+@pytest.mark.stack
+@pytest.mark.integration
+def test_up_again_after_down_and_after_a_rotation_keeps_secrets_off_command_lines(stack) -> None:  # noqa: ANN001
+    """up on a running stack → down → up → delete two password files (rotation) → up: every `up`
+    succeeds, every account then logs in with the password on file and with no other, and no generated
+    secret ever shows in a process's command line (`ps -eo args`, polled throughout)."""
+    import threading
+
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.update(
+                subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+            )
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    rotated = ("mlflow-trainer", "pg-prefect")
+    old = {name: stack.secret(name) for name in rotated}
+    try:
+        with _Timer("up on a running stack"):
+            stack.up()
+        with _Timer("down, then up"):
+            stack.down()
+            stack.up()
+        assert all(stack.running().values()), stack.running()
+        for name in rotated:
+            (stack.dir / "secrets" / name).unlink()
+        with _Timer("up after a rotation"):
+            stack.up()
+    finally:
+        done.set()
+        poller.join()
+    assert all(stack.secret(n) != old[n] for n in rotated)
+    logins = _logins(stack)
+    assert {k for k, ok in logins.items() if ok} == {k for k in logins if k.endswith(" file")}, logins
+    psql = [str(S.PG_BIN / "psql"), "-w", "-h", "127.0.0.1", "-p", str(stack.ports["postgres"])]
+    other_db = subprocess.run(
+        [*psql, "-U", "mlflow", "-d", "postgres", "-tA"], input="select 1", capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PGPASSWORD": stack.secret("pg-mlflow")},
+    )  # fmt: skip
+    assert other_db.returncode != 0 and "permission denied" in other_db.stderr, (
+        other_db.stderr
+    )  # REVOKE CONNECT
+    generated = [
+        f.read_text().strip() for f in (stack.dir / "secrets").iterdir() if not f.name.startswith("pgpass")
+    ]
+    leaked = [line for line in seen for x in [*generated, *old.values()] if x in line]
+    assert len(seen) > 20 and not leaked, leaked[:3]
