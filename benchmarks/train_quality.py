@@ -6,7 +6,12 @@ baseline (evaluate.baseline) and McNemar on test against it (b = baseline alone 
 right). Choose settings on val; test is printed for the record, never to choose. Writes nothing into the
 project (the model goes to --out).
 
+Also the blend of the two (issue #32): probabilities ``w * model + (1 - w) * baseline``, ``w`` from
+0, 0.1, ..., 1 chosen on val macro-F1 (the largest ``w`` among ties), then scored on test like the model.
+``--model DIR`` scores an already trained model directory instead of training one.
+
   .venv/bin/python benchmarks/train_quality.py --prepared artifacts/prepared -S train.seed=0
+  .venv/bin/python benchmarks/train_quality.py --prepared artifacts/prepared --model artifacts/model
 """
 
 from __future__ import annotations
@@ -41,29 +46,51 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, default=Path("artifacts/train_quality"))
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="KEY=VALUE (repeatable)")
+    ap.add_argument("--model", type=Path, help="score this trained model directory; train nothing")
     a = ap.parse_args()
     cfg = load_config(a.params)
     for pair in a.overrides:
         cfg = apply_overrides(cfg, _override(pair))
     train, val, test = (pd.read_parquet(a.prepared / f"{s}.parquet") for s in ("train", "val", "test"))
-    start = time.perf_counter()
-    result = train_model(cfg, train, val, a.out / "model", a.out / "ckpt", base_models=cfg.paths.base_models)
-    train_s = time.perf_counter() - start
-    predictor = Predictor(a.out / "model", device="cpu")
+    row: dict = {"overrides": a.overrides}
+    model_dir = a.model
+    if model_dir is None:
+        start = time.perf_counter()
+        model_dir = a.out / "model"
+        result = train_model(cfg, train, val, model_dir, a.out / "ckpt", base_models=cfg.paths.base_models)
+        row |= {"train_s": round(time.perf_counter() - start), "steps": result.global_step}
+    predictor = Predictor(model_dir, device="cpu")
     labels = predictor.labels
     baseline = train_baseline(train["text"], train["label"], cfg.evaluate.baseline, labels)
-    row: dict = {"overrides": a.overrides, "train_s": round(train_s), "steps": result.global_step}
+    proba, gold = {}, {}
     for name, split in (("val", val), ("test", test)):
-        y = M.encode_labels(split["label"].tolist(), labels)
-        pred = predictor.predict_proba(split["text"].tolist())[0].argmax(1)
-        base = baseline.predict_proba(split["text"].tolist()).argmax(1)
-        row[f"{name}_f1"] = round(M.macro_f1(y, pred, len(labels)), 4)
-        row[f"baseline_{name}_f1"] = round(M.macro_f1(y, base, len(labels)), 4)
-        if name == "test":
-            m = mcnemar_exact(base == y, pred == y)
-            row["test_acc"] = round(M.accuracy(y, pred), 4)
-            row["mcnemar"] = {"b": m.b, "c": m.c, "p": float(f"{m.p_value:.2g}")}
+        gold[name] = M.encode_labels(split["label"].tolist(), labels)
+        proba[name] = (
+            predictor.predict_proba(split["text"].tolist())[0],
+            baseline.predict_proba(split["text"].tolist()),
+        )
+    weights = [w / 10 for w in range(11)]
+    val_f1 = [M.macro_f1(gold["val"], _blend(proba["val"], w).argmax(1), len(labels)) for w in weights]
+    w = max(w for w, f1 in zip(weights, val_f1, strict=True) if f1 == max(val_f1))
+    y = gold["test"]
+    base = proba["test"][1].argmax(1)
+    for who, make in (("", lambda p: p[0]), ("blend_", lambda p: _blend(p, w))):
+        for name in ("val", "test"):
+            row[f"{who}{name}_f1"] = round(
+                M.macro_f1(gold[name], make(proba[name]).argmax(1), len(labels)), 4
+            )
+        pred = make(proba["test"]).argmax(1)
+        m = mcnemar_exact(base == y, pred == y)
+        row[f"{who}test_acc"] = round(M.accuracy(y, pred), 4)
+        row[f"{who}mcnemar"] = {"b": m.b, "c": m.c, "p": float(f"{m.p_value:.2g}")}
+    for name in ("val", "test"):
+        row[f"baseline_{name}_f1"] = round(M.macro_f1(gold[name], proba[name][1].argmax(1), len(labels)), 4)
+    row["blend_weight"] = w
     print(json.dumps(row), flush=True)
+
+
+def _blend(pair: tuple, w: float):  # noqa: ANN202 - numpy arrays
+    return w * pair[0] + (1 - w) * pair[1]
 
 
 if __name__ == "__main__":
