@@ -523,6 +523,7 @@ class MonitorConfig(_Frozen):
     """Drift thresholds of `textclf monitor` (see textclf.drift); a measure above its threshold is drift."""
 
     length_psi: float = Field(default=0.2, ge=0.0)
+    length_psi_bins: int = Field(default=10, ge=2)  # quantile bins of the train split's text lengths
     ngram_js: float = Field(default=0.1, ge=0.0, le=1.0)
     unk_rate_increase: float = Field(default=0.02, ge=0.0, le=1.0)
     predicted_class_js: float = Field(default=0.05, ge=0.0, le=1.0)

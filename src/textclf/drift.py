@@ -3,7 +3,8 @@ it was trained on (the train split its MLflow run logged), and say whether the d
 
 Measures (thresholds in ``monitor:`` of params.yaml):
 
-* ``length_psi``: population stability index of text lengths over 10 quantile bins of the train split;
+* ``length_psi``: population stability index of text lengths over ``monitor.length_psi_bins`` quantile
+  bins of the train split;
 * ``ngram_js``: Jensen-Shannon divergence (base 2, 0..1) of character uni- and bigram distributions;
 * ``unk_rate_increase``: share of [UNK] tokens of the champion's tokenizer, traffic minus train;
 * ``predicted_class_js``: JS divergence of the predicted-class distribution from the champion's
@@ -42,7 +43,7 @@ _EPS = 1e-4
 _TOP_NGRAMS = 5000
 
 
-def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
+def psi(reference: Sequence[float], current: Sequence[float], bins: int) -> float:
     """Population stability index of ``current`` against ``reference`` over reference quantile bins."""
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
     edges[0], edges[-1] = -np.inf, np.inf
@@ -142,7 +143,9 @@ def measure_drift(
     texts = traffic["text"].tolist() if "text" in traffic else None
     conf, ref_conf = traffic["confidence"].to_numpy(), reference["confidence"].to_numpy()
     values: dict[str, float | None] = {
-        "length_psi": psi(train["text"].str.len().to_numpy(), traffic["length"].to_numpy()),
+        "length_psi": psi(
+            train["text"].str.len().to_numpy(), traffic["length"].to_numpy(), m.length_psi_bins
+        ),
         "ngram_js": ngram_js(train["text"].tolist(), texts) if texts else None,
         "unk_rate_increase": unk_rate(tokenizer, texts) - unk_rate(tokenizer, train["text"].tolist())
         if texts
