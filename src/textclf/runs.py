@@ -12,7 +12,7 @@ from typing import Any
 
 from textclf import contracts as C
 from textclf.config import Config
-from textclf.repro import NotRetriable
+from textclf.repro import NotRetriable, status_in_background
 from textclf.tracking import registry as R
 from textclf.tracking.lineage import TAG_PREFECT_FLOW_RUN_ID
 from textclf.tracking.store import client, redact, tracking_uri
@@ -42,14 +42,13 @@ def current_run(cfg: Config, root: Path) -> dict[str, str] | None:
 def up_to_date(cfg: Config, root: Path) -> str | None:
     """The workspace's run when there is nothing to do (every DVC stage up to date and the gate decided
     on that run), else None. Cheap: the CLI asks it before importing Prefect."""
-    from textclf import repro
-
-    status = repro.status_in_background(root)
-    run = current_run(cfg, root)
-    decided = run is not None and judged(cfg, root, run["run_id"])
-    if status.wait() != 0 or not decided:
-        return None
-    return run["run_id"]  # type: ignore[index]
+    status = status_in_background(root)
+    try:
+        run = current_run(cfg, root)
+        decided = run is not None and judged(cfg, root, run["run_id"])
+    finally:
+        clean = status.wait() == 0
+    return run["run_id"] if clean and decided else None  # type: ignore[index]
 
 
 def validation_failure(cfg: Config, root: Path, stage: str) -> str | None:
