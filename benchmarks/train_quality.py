@@ -66,7 +66,7 @@ def main() -> None:
     for name, split in (("val", val), ("test", test)):
         gold[name] = M.encode_labels(split["label"].tolist(), labels)
         proba[name] = (
-            predictor.predict_proba(split["text"].tolist())[0],
+            predictor.predict_proba(split["text"].tolist(), cfg.train.eval_batch_size)[0],
             baseline.predict_proba(split["text"].tolist()),
         )
     weights = [w / 10 for w in range(11)]

@@ -8,6 +8,7 @@ COPY src ./src
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir ".[stack]" -c constraints.txt
 COPY flows/stack.py ./flows/stack.py
+COPY params.yaml ./params.yaml
 ENV DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 HOME=/work
 # the services run as an unprivileged user (compose.yaml also says `user: "10001:10001"`)
 RUN useradd --uid 10001 --home-dir /work --create-home --shell /usr/sbin/nologin textclf

@@ -41,7 +41,7 @@ from unittest import mock
 import httpx
 import psutil
 
-from textclf.config import MlflowConfig
+from textclf.config import MlflowConfig, load_config
 from textclf.env import TELEMETRY_OFF
 from textclf.errors import TextclfError
 from textclf.serving.package import free_port
@@ -146,7 +146,7 @@ def create_mlflow_accounts(
 
 
 class Stack:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, names: MlflowConfig) -> None:
         self.dir = root.resolve() / ".stack"
         self.state_file = self.dir / "state.json"
         state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
@@ -154,7 +154,6 @@ class Stack:
             ports = {s: free_port() for s in SERVICES[:4]}
         self.ports: dict[str, int] = ports
         self.pids: dict[str, dict] = state.get("pids", {})
-        names = MlflowConfig()
         self.experiment, self.registered_model = names.experiment, names.registered_model
 
     # ------------------------------------------------------------------ secrets
@@ -529,14 +528,15 @@ if (
 ):  # compose.yaml's one-shot `mlflow-accounts`: python flows/stack.py mlflow-accounts URL
     if sys.argv[1:2] != ["mlflow-accounts"] or len(sys.argv) != 3:
         sys.exit("usage: stack.py mlflow-accounts TRACKING_URL  (passwords from MLFLOW_*_PASSWORD)")
+    names = load_config(Path(__file__).resolve().parents[1] / "params.yaml").mlflow  # the image's copy
     for _attempt in range(60):  # the server may still be starting
         try:
             create_mlflow_accounts(
                 sys.argv[2],
                 os.environ["MLFLOW_ADMIN_PASSWORD"],
                 {user: os.environ[f"MLFLOW_{user.upper()}_PASSWORD"] for user in ACCOUNTS},
-                os.environ.get("TEXTCLF_EXPERIMENT", MlflowConfig().experiment),
-                os.environ.get("TEXTCLF_REGISTERED_MODEL", MlflowConfig().registered_model),
+                os.environ.get("TEXTCLF_EXPERIMENT", names.experiment),
+                os.environ.get("TEXTCLF_REGISTERED_MODEL", names.registered_model),
             )
             break
         except Exception as err:  # noqa: BLE001 - retried, then reported

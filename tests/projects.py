@@ -16,10 +16,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from textclf.config import _deep_merge
+from textclf.config import Config, _deep_merge, load_config
 from textclf.data.io import write_csv
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", ".gitignore", ".dvcignore", "bentofile.yaml")
 PROJECT_DIRS = ("src", "flows")
 
@@ -54,6 +55,23 @@ TINY = {
     "serve": {"max_batch_size": 8},
     "flow": {"default_task": {"retries": 1, "retry_delay_seconds": 0, "timeout_seconds": 600}},
 }
+
+
+def params(overrides: dict[str, Any] | None = None) -> Config:
+    """The repository's params.yaml (the only source of a setting), with nested overrides."""
+    return load_config(REPO / "params.yaml", overrides)
+
+
+def section(dotted: str, **fields: Any) -> Any:
+    """One sub-config of params.yaml with some fields changed, e.g. ``section("serve", auth="none")``."""
+    parts = dotted.split(".")
+    overrides: dict[str, Any] = fields
+    for part in reversed(parts):
+        overrides = {part: overrides}
+    node: Any = params(overrides)
+    for part in parts:
+        node = getattr(node, part)
+    return node
 
 
 def env() -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from textclf.config import ServeConfig
+from projects import section
 from textclf.errors import ConfigError
 from textclf.serving import auth
 
@@ -18,7 +18,7 @@ TOKENS = {
     "classifier": {"token_sha256": auth.sha256_hex("classify-secret"), "scopes": ["classify"]},
     "labeller": {"token": "feedback-secret", "scopes": ["classify", "feedback"], "rate_limit_burst": 2},
 }
-SETTINGS = ServeConfig(max_body_kb=1, max_concurrency=2, rate_limit_per_minute=60, rate_limit_burst=5)
+SETTINGS = section("serve", max_body_kb=1, max_concurrency=2, rate_limit_per_minute=60, rate_limit_burst=5)
 
 
 class App:
@@ -176,19 +176,19 @@ def test_no_token_configured_refuses_to_start(monkeypatch: pytest.MonkeyPatch, t
     for var in (auth.TOKENS_ENV, auth.TOKENS_FILE_ENV, auth.AUTH_ENV):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="no token is configured"):
-        auth.check_startup(ServeConfig())
+        auth.check_startup(section("serve"))
     with pytest.raises(ConfigError, match="no token is configured"):
-        auth.ServiceGuard(App(), ServeConfig())
-    auth.check_startup(ServeConfig(auth="none"))
+        auth.ServiceGuard(App(), section("serve"))
+    auth.check_startup(section("serve", auth="none"))
     monkeypatch.setenv(auth.AUTH_ENV, "none")
-    auth.check_startup(ServeConfig())
+    auth.check_startup(section("serve"))
     monkeypatch.setenv(auth.AUTH_ENV, "tokens")
     with pytest.raises(ConfigError, match="no token is configured"):
-        auth.check_startup(ServeConfig(auth="none"))
+        auth.check_startup(section("serve", auth="none"))
     secret = tmp_path / "tokens.json"  # a mounted secret
     secret.write_text(json.dumps({"ops": {"token_sha256": auth.sha256_hex("t"), "scopes": ["read"]}}))
     monkeypatch.setenv(auth.TOKENS_FILE_ENV, str(secret))
-    auth.check_startup(ServeConfig())
+    auth.check_startup(section("serve"))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,6 @@ from pydantic import ValidationError
 from textclf.config import (
     PREPARED_CHECK_NAMES,
     RAW_CHECK_NAMES,
-    CheckConfig,
-    Config,
     apply_overrides,
     load_config,
 )
@@ -90,40 +89,45 @@ def test_dvc_yaml_params_and_templates_exist_in_params(repo_root: Path) -> None:
         assert literal not in raw, f"{literal} written literally in dvc.yaml; use ${{paths.*}}"
 
 
-def _resolved(cfg: Config) -> dict:
-    """The config as the code reads it: an absent check is CheckConfig(), an absent task the default."""
-    raw = cfg.model_dump(mode="json")
-    for section, known in (("raw", RAW_CHECK_NAMES), ("prepared", PREPARED_CHECK_NAMES)):
-        checks = getattr(cfg.validation, section).checks
-        raw["validation"][section]["checks"] = {
-            name: checks.get(name, CheckConfig()).model_dump(mode="json") for name in known
-        }
-    return raw
+# Maps whose entries a user adds or removes (a task's own retry policy, a searched parameter, GPU
+# overrides): deleting an entry changes the meaning, it is not a missing setting.
+USER_KEYED = {("flow", "tasks"), ("tune", "space"), ("train", "gpu_profile")}
 
 
-def test_code_defaults_are_params_yaml(repo_root: Path) -> None:
-    """params.yaml is the one source of every number: a default in config.py that differs is a second one.
-    Only ``data.labels`` may differ: null (infer from the data) is the library's answer for an unknown
-    corpus, params.yaml names the bundled corpus's classes."""
-    code, params = _resolved(Config()), _resolved(load_config(repo_root / "params.yaml"))
-    code["data"].pop("labels"), params["data"].pop("labels")
+def _keys(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if prefix not in USER_KEYED:
+            out.append(path)
+        if isinstance(value, dict) and path != ("train", "gpu_profile"):
+            out.extend(_keys(value, path))
+    return out
 
-    def leaves(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict) and value:
-                out.update(leaves(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
 
-    code_leaves, params_leaves = leaves(code), leaves(params)
-    differ = {
-        k: (code_leaves.get(k), params_leaves.get(k))
-        for k in code_leaves.keys() | params_leaves.keys()
-        if code_leaves.get(k) != params_leaves.get(k)
-    }
-    assert not differ, f"config.py default vs params.yaml: {differ}"
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", _keys(PARAMS), ids=".".join)
+def test_deleting_any_key_fails_naming_it(tmp_path: Path, path: tuple[str, ...]) -> None:
+    """params.yaml is the only source of a setting: config.py has no defaults to fall back on."""
+    tree = copy.deepcopy(PARAMS)
+    node = tree
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "params.yaml")
+    dotted, parent = ".".join(path), ".".join(path[:-1])
+    msg = str(err.value)
+    assert f"{dotted}: missing" in msg or (f"{parent}: " in msg and repr(path[-1]) in msg), msg
+
+
+def test_every_check_is_configured(repo_root: Path) -> None:
+    cfg = load_config(repo_root / "params.yaml")
+    assert set(cfg.validation.raw.checks) == set(RAW_CHECK_NAMES)
+    assert set(cfg.validation.prepared.checks) == set(PREPARED_CHECK_NAMES)
 
 
 def test_gate_baseline_off_survives_yaml_booleans(repo_root: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textclf.config import BaselineConfig, Config, EvaluateConfig, NormalizeConfig
+from projects import params, section
 from textclf.errors import DataError
 from textclf.evaluate import metrics as M
 from textclf.evaluate.baseline import train_baseline
@@ -105,7 +105,6 @@ def test_three_consumers_report_the_same_macro_f1() -> None:
     class absent from gold and one never predicted) and must report the same macro-F1."""
     from types import SimpleNamespace
 
-    from textclf.config import GateConfig
     from textclf.gate.behaviour import not_applicable
     from textclf.gate.decision import Evidence, decide
     from textclf.train.trainer import compute_metrics
@@ -127,7 +126,7 @@ def test_three_consumers_report_the_same_macro_f1() -> None:
         tuple(labels[i] for i in pred_idx),
         behaviour=not_applicable("n/a"),
     )
-    gate = next(c.value for c in decide(ev, None, GateConfig()).criteria if c.name == "macro_f1_floor")
+    gate = next(c.value for c in decide(ev, None, section("gate")).criteria if c.name == "macro_f1_floor")
     assert trainer == evaluate == gate
     assert gate == pytest.approx(
         __import__("sklearn.metrics").metrics.f1_score(
@@ -221,7 +220,7 @@ def _toy_sentiment(n: int, seed: int) -> tuple[list[str], list[str]]:
 def test_baseline_learns_separable_toy_set_and_is_deterministic() -> None:
     train_x, train_y = _toy_sentiment(60, seed=0)
     test_x, test_y = _toy_sentiment(30, seed=1)
-    cfg = BaselineConfig(ngram_min=1, ngram_max=2, C=4.0, max_iter=500)
+    cfg = section("evaluate.baseline", ngram_min=1, ngram_max=2, C=4.0, max_iter=500)
     labels = ["positive", "negative"]  # deliberately not sklearn's sorted order
     model = train_baseline(train_x, train_y, cfg, labels)
     proba = model.predict_proba(test_x)
@@ -236,10 +235,12 @@ def test_baseline_learns_separable_toy_set_and_is_deterministic() -> None:
 
 def test_baseline_unseen_label_gets_zero_and_one_class_fails() -> None:
     train_x, train_y = _toy_sentiment(20, seed=0)
-    model = train_baseline(train_x, train_y, BaselineConfig(), ["negative", "neutral", "positive"])
+    model = train_baseline(
+        train_x, train_y, section("evaluate.baseline"), ["negative", "neutral", "positive"]
+    )
     assert np.all(model.predict_proba(train_x[:3])[:, 1] == 0.0)
     with pytest.raises(DataError, match="two classes"):
-        train_baseline(train_x[:1], train_y[:1], BaselineConfig(), BIN)
+        train_baseline(train_x[:1], train_y[:1], section("evaluate.baseline"), BIN)
 
 
 # --------------------------------------------------------------------------- files
@@ -254,7 +255,7 @@ def test_score_split_writes_the_same_files_for_any_number_of_classes(tmp_path: P
         {"id": [f"t{i}" for i in range(10)], "text": [f"第{i}条评论" for i in range(10)], "label": GOLD10}
     )
     proba = one_hot_proba(PRED10, BIN, [0.6, 0.7, 0.8, 0.9, 0.95, 0.55, 0.65, 0.75, 0.85, 0.99])
-    m = score_split(test, proba, BIN, EvaluateConfig(), tmp_path, "")
+    m = score_split(test, proba, BIN, section("evaluate"), tmp_path, "")
     assert m["accuracy"] == pytest.approx(0.7) and m["ece"] is not None
     preds = pd.read_parquet(tmp_path / "predictions.parquet")
     assert list(preds.columns) == [
@@ -271,7 +272,7 @@ def test_score_split_writes_the_same_files_for_any_number_of_classes(tmp_path: P
     labels = ["a", "b", "c", "d", "e"]  # five classes, one absent: the same files, nothing missing
     five = pd.DataFrame({"id": list("0123456789"), "text": ["x"] * 10, "label": list("aaaabbcccc")})
     score_split(
-        five, one_hot_proba(list("aaabbbccaa"), labels), labels, EvaluateConfig(), tmp_path, "baseline_"
+        five, one_hot_proba(list("aaabbbccaa"), labels), labels, section("evaluate"), tmp_path, "baseline_"
     )
     binary = sorted(p.name for p in (tmp_path / "plots").iterdir() if not p.name.startswith("baseline_"))
     multi = sorted(
@@ -347,7 +348,7 @@ def _tiny_model_dir(path: Path, texts: list[str], labels: list[str], max_length:
         label2id={lab: i for i, lab in enumerate(labels)},
     )
     BertForSequenceClassification(config).save_pretrained(path)
-    Preprocessing(normalize=NormalizeConfig(), max_length=max_length).save(path)
+    Preprocessing(normalize=section("prepare.normalize"), max_length=max_length).save(path)
     return path
 
 
@@ -369,7 +370,7 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
     model_dir = _tiny_model_dir(tmp_path / "model", train_x + test_x, BIN, max_length=16)
     out = tmp_path / "eval"
 
-    result = evaluate_model_and_baseline(Config(), model_dir, prepared, out)
+    result = evaluate_model_and_baseline(params(), model_dir, prepared, out)
 
     assert result.transformer["n"] == 12 and result.baseline is not None
     assert result.baseline["accuracy"] > 0.9  # the markers separate the classes
@@ -393,4 +394,4 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
 
 def test_missing_split_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="test.parquet"):
-        evaluate_model_and_baseline(Config(), tmp_path / "model", tmp_path, tmp_path / "out")
+        evaluate_model_and_baseline(params(), tmp_path / "model", tmp_path, tmp_path / "out")

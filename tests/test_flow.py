@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from projects import TINY, Webhook, make_project, run, toy_corpus, write_params
+from projects import TINY, Webhook, make_project, run, section, toy_corpus, write_params
 
 pytestmark = pytest.mark.integration
 
@@ -331,7 +331,7 @@ def test_feedback_round_trip_to_a_new_data_version_and_a_run(
     from textclf.data.normalize import normalize
 
     train = set(read_split(project / cfg.paths.prepared, "train")["text"])
-    assert {normalize(t) for t in new} <= train and test_text not in train
+    assert {normalize(t, section("prepare.normalize")) for t in new} <= train and test_text not in train
 
 
 def test_validation_failure_stops_before_training_and_notifies(
@@ -373,10 +373,9 @@ def test_validation_failure_stops_before_training_and_notifies(
 
 def test_prefect_lock_is_mutual_exclusion(harness) -> None:
     """The registry lock for a shared tracking server: a Prefect global concurrency limit of 1."""
-    from textclf.config import GateRegistryConfig
     from textclf.tracking.registry import registry_lock
 
-    cfg = GateRegistryConfig(lock="prefect", lock_timeout_s=2)
+    cfg = section("gate.registry", lock="prefect", lock_timeout_s=2)
     entered, release = threading.Event(), threading.Event()
 
     def holder() -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from textclf.config import GateBehaviourConfig, config_from_dict, load_config
+from projects import params, section
+from textclf.config import load_config
 from textclf.errors import ConfigError, DataError
 from textclf.evaluate import metrics as M
 from textclf.gate import stats
@@ -21,6 +22,7 @@ LABELS = ("negative", "positive")
 N = 1000
 IDS = tuple(f"t{i:04d}" for i in range(N))
 GOLD = tuple(LABELS[i % 2] for i in range(N))
+BEHAVIOUR = section("gate.behaviour")
 ALL_PASS_BEHAVIOUR = BehaviourResult(applicable=True, pass_rate=1.0, n_cases=18, n_passed=18)
 # params.yaml's gate, with the numbers these tests judge against set here (gate.baseline: better,
 # a 100 ms budget) and a smaller bootstrap for speed.
@@ -332,8 +334,8 @@ def lexicon_proba(texts: list[str]) -> np.ndarray:
 
 
 def test_behaviour_checks_with_fake_classifier() -> None:
-    res = run_behaviour_checks(lexicon_proba, LABELS)
-    assert res.applicable and res.n_cases == len(cases_for(GateBehaviourConfig())) == 18
+    res = run_behaviour_checks(lexicon_proba, LABELS, cfg=BEHAVIOUR)
+    assert res.applicable and res.n_cases == len(cases_for(section("gate.behaviour"))) == 18
     # "东西不错" contains 不: the lexicon model calls it negative, the only failure.
     assert [f.name for f in res.failures] == ["mft_pos_again"]
     assert res.pass_rate == pytest.approx(17 / 18)
@@ -344,7 +346,7 @@ def test_behaviour_inverted_classifier_fails_gate() -> None:
     def inverted(texts: list[str]) -> tuple[np.ndarray, list[bool]]:
         return lexicon_proba(texts)[:, ::-1], [False] * len(texts)  # Predictor-style tuple
 
-    res = run_behaviour_checks(inverted, LABELS)
+    res = run_behaviour_checks(inverted, LABELS, cfg=BEHAVIOUR)
     assert res.pass_rate == pytest.approx(6 / 18)
     assert {f.kind for f in res.failures} == {"mft", "directional"}
     d = decide(evidence("v1", behaviour=res), None, CFG)
@@ -358,8 +360,8 @@ def test_behaviour_invariance_tolerance() -> None:
         shift = np.array([0.08 if t != t.strip() else 0.0 for t in texts])  # trailing space moves P
         return np.column_stack([p[:, 0] + shift, p[:, 1] - shift])
 
-    assert run_behaviour_checks(jittery, LABELS).pass_rate == pytest.approx(17 / 18)
-    strict = run_behaviour_checks(jittery, LABELS, cfg=GateBehaviourConfig(invariance_tolerance=0.05))
+    assert run_behaviour_checks(jittery, LABELS, cfg=BEHAVIOUR).pass_rate == pytest.approx(17 / 18)
+    strict = run_behaviour_checks(jittery, LABELS, cfg=section("gate.behaviour", invariance_tolerance=0.05))
     assert {f.name for f in strict.failures} == {
         "mft_pos_again",
         "inv_trailing_space_pos",
@@ -374,9 +376,9 @@ def test_behaviour_not_applicable_or_disabled() -> None:
         calls.append(1)
         return np.zeros((len(texts), 2))
 
-    na = run_behaviour_checks(never, ["sports", "politics"])
+    na = run_behaviour_checks(never, ["sports", "politics"], cfg=BEHAVIOUR)
     assert not na.applicable and na.pass_rate is None and "not applicable" in na.reason
-    off = run_behaviour_checks(never, LABELS, cfg=GateBehaviourConfig(enabled=False))
+    off = run_behaviour_checks(never, LABELS, cfg=section("gate.behaviour", enabled=False))
     assert not off.applicable and "disabled" in off.reason
     assert calls == []
     d = decide(evidence("v1", behaviour=na), None, CFG)
@@ -394,11 +396,11 @@ def test_behaviour_custom_roles_and_cases_file(tmp_path) -> None:
         encoding="utf-8",
     )
     cases = load_cases(path)
-    cfg = GateBehaviourConfig(positive_label="pos", negative_label="neg")
+    cfg = section("gate.behaviour", positive_label="pos", negative_label="neg")
     res = run_behaviour_checks(lexicon_proba, ["neg", "pos"], cases=cases, cfg=cfg)
     assert (res.n_cases, res.pass_rate) == (2, 1.0)
     with pytest.raises(ValueError, match="shape"):
-        run_behaviour_checks(lambda t: np.zeros((1, 2)), LABELS)
+        run_behaviour_checks(lambda t: np.zeros((1, 2)), LABELS, cfg=BEHAVIOUR)
 
 
 # --------------------------------------------------------------------------- bootstrap decides
@@ -444,6 +446,6 @@ def test_unknown_labels_are_a_data_error() -> None:
 
 def test_gate_config_validation() -> None:
     with pytest.raises(ConfigError, match="bootstrap_resamples"):
-        config_from_dict({"gate": {"significance_test": "bootstrap", "bootstrap_resamples": 0}})
+        params({"gate": {"significance_test": "bootstrap", "bootstrap_resamples": 0}})
     with pytest.raises(ConfigError, match="gate.max_regresion: unknown key"):
-        config_from_dict({"gate": {"max_regresion": 0.01}})
+        params({"gate": {"max_regresion": 0.01}})

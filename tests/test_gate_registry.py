@@ -23,8 +23,9 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 torch = pytest.importorskip("torch")
 
+from projects import params, section  # noqa: E402
 from textclf import runs  # noqa: E402
-from textclf.config import Config, NormalizeConfig, apply_overrides  # noqa: E402
+from textclf.config import Config, apply_overrides  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
 from textclf.gate.decision import FIRST_MODEL_NOTE  # noqa: E402
 from textclf.gate.promotion import GateRejected, promote, rollback, run_gate  # noqa: E402
@@ -99,7 +100,7 @@ def _make_model(model_dir: Path, train: pd.DataFrame | None, seed: int) -> None:
         model.eval()
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    Preprocessing(normalize=NormalizeConfig(), max_length=48).save(model_dir)
+    Preprocessing(normalize=section("prepare.normalize"), max_length=48).save(model_dir)
 
 
 def _cfg(name: str, **gate: object) -> Config:
@@ -116,7 +117,7 @@ def _cfg(name: str, **gate: object) -> Config:
         "registry": {"lock_timeout_s": 60},
         "infra_validation": {"enabled": False},  # on in the tests that serve a Bento
     }
-    return apply_overrides(Config(), {"mlflow": {"registered_model": name}, "gate": {**lenient, **gate}})
+    return apply_overrides(params(), {"mlflow": {"registered_model": name}, "gate": {**lenient, **gate}})
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
     noise = splits["train"].assign(label=splits["train"]["label"].sample(frac=1.0, random_state=3).to_numpy())
     _make_model(shuffled, noise, seed=0)
 
-    cfg = Config()
+    cfg = params()
     examples = splits["test"]["text"].head(3).tolist()
 
     def log(model_dir: Path, name: str, train_ids: list[str] | None) -> str:
@@ -151,9 +152,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
         with mlflow.start_run(run_name=name) as run:
             mlflow.log_metrics({"baseline_test_macro_f1": 0.55})
             if train_ids is None:  # a model whose training data is unknown
-                log_pyfunc_model(model_dir, examples)
+                log_pyfunc_model(model_dir, examples, batch_size=cfg.train.eval_batch_size)
             else:
-                log_model(model_dir, train_ids, examples)
+                log_model(model_dir, train_ids, examples, cfg.train.eval_batch_size)
         return run.info.run_id
 
     train_ids = splits["train"]["id"].tolist()
@@ -480,7 +481,7 @@ def test_gate_refuses_a_prefect_lock_that_excludes_nobody(project: dict, prefect
 
 def test_file_lock_excludes_a_second_writer(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    rc = Config().gate.registry.model_copy(update={"lock_timeout_s": 0.5})
+    rc = params().gate.registry.model_copy(update={"lock_timeout_s": 0.5})
     entered, release = threading.Event(), threading.Event()
 
     def holder() -> None:

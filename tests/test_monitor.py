@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from textclf.config import Config, TokenizerConfig  # noqa: E402
+from projects import params, section  # noqa: E402
 from textclf.contracts import now  # noqa: E402
 from textclf.data.records import TRAFFIC, Recorder, read_records  # noqa: E402
 from textclf.drift import label_js, measure_drift, ngram_js, psi  # noqa: E402
@@ -43,14 +43,14 @@ def material() -> dict:
     train = make_frame(600, seed=1)
     reference = make_frame(200, seed=2).rename(columns={"label": "predicted"})
     reference["confidence"] = np.clip(rng.normal(0.9, 0.05, len(reference)), 0.5, 1.0)
-    tokenizer = build_char_tokenizer(train["text"], TokenizerConfig(min_frequency=1), 64)
+    tokenizer = build_char_tokenizer(train["text"], section("model.tokenizer", min_frequency=1), 64)
     return {"train": train, "reference": reference, "tokenizer": tokenizer, "rng": rng}
 
 
 def test_replayed_in_distribution_traffic_is_not_drift(material: dict) -> None:
     replay = _records(make_frame(300, seed=3), material["rng"])
     values, drifted = measure_drift(
-        replay, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
+        replay, material["train"], material["reference"], material["tokenizer"], LABELS, params()
     )
     assert drifted == [], values
     assert (
@@ -74,7 +74,7 @@ def test_shifted_traffic_is_drift(material: dict) -> None:
         material["reference"],
         material["tokenizer"],
         LABELS,
-        Config(),
+        params(),
     )
     assert {"length_psi", "ngram_js", "unk_rate_increase", "predicted_class_js", "confidence_drop"} <= set(
         drifted
@@ -87,7 +87,7 @@ def test_hashed_texts_measure_what_they_can(material: dict) -> None:
         for r in _records(make_frame(100, seed=4), material["rng"])
     ]
     values, _ = measure_drift(
-        records, material["train"], material["reference"], material["tokenizer"], LABELS, Config()
+        records, material["train"], material["reference"], material["tokenizer"], LABELS, params()
     )
     assert (
         values["ngram_js"] is None
@@ -161,7 +161,7 @@ def test_torn_and_undecodable_lines_are_skipped_and_counted(
         lambda *a: ("1", "run", material["train"], material["reference"], material["tokenizer"], LABELS),
     )
     monkeypatch.setattr(M, "_log_run", lambda *a: None)
-    report = M.monitor(Config(monitor={"min_records": 2}), tmp_path / "project")
+    report = M.monitor(params({"monitor": {"min_records": 2}}), tmp_path / "project")
     assert report.n == 2 and report.bad_lines == 2 and report.values
     saved = json.loads((tmp_path / "project" / "artifacts/reports/monitoring/report.json").read_text())
     assert saved["bad_lines"] == 2 and "2 unreadable record lines skipped" in report.markdown()
@@ -249,7 +249,7 @@ def test_drift_starts_training_in_the_deployments_own_checkout(
 
     for name, value in {
         "configure_environment": lambda root: None,
-        "load_config": lambda path: Config(),
+        "load_config": lambda path: params(),
         "monitor": lambda cfg, root, since: report,
         "create_markdown_artifact": lambda *a, **k: None,
         "get_run_logger": lambda: __import__("logging").getLogger("monitor-test"),
@@ -260,7 +260,7 @@ def test_drift_starts_training_in_the_deployments_own_checkout(
     assert out["training_flow_run"] == "run-1"
     assert started == [
         (
-            Config().monitor.training_deployment,
+            params().monitor.training_deployment,
             {"reason": "drift: psi 0.9", "import_feedback": True, "params": "params.yaml"},
         )
     ]

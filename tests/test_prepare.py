@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from textclf.config import DataConfig, NormalizeConfig, PrepareConfig
+from projects import section
 from textclf.data.normalize import normalize
 from textclf.data.prepare import (
     assert_disjoint,
@@ -37,11 +37,13 @@ from textclf.errors import DataError
     ],
 )
 def test_normalize(raw: str, expected: str) -> None:
-    assert normalize(raw) == expected
+    assert normalize(raw, section("prepare.normalize")) == expected
 
 
 def test_normalize_flags_off_and_lowercase() -> None:
-    cfg = NormalizeConfig(nfkc=False, strip_invisible=False, collapse_whitespace=False, lowercase=True)
+    cfg = section(
+        "prepare.normalize", nfkc=False, strip_invisible=False, collapse_whitespace=False, lowercase=True
+    )
     assert normalize("ＡB  c\u200b", cfg) == "ＡB  c\u200b".lower()
 
 
@@ -115,8 +117,8 @@ def test_prepare_end_to_end_counts_add_up() -> None:
     rows.append(("ABC", "negative"))  # same as the previous after NFKC → a conflict
     rows.append(("\u200b", "negative"))  # empty after normalization
     rows.append(("差评 1 ", "negative"))  # duplicate after whitespace collapse
-    cfg = PrepareConfig(val_fraction=0.2, test_fraction=0.2, seed=1)
-    out = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), cfg)
+    cfg = section("prepare", val_fraction=0.2, test_fraction=0.2, seed=1)
+    out = prepare(_frame(rows), section("data", labels=("negative", "positive")), cfg)
     m = out.manifest
     assert m["rows_in"] == len(rows)
     assert m["dropped"] == {"empty": 1, "label_conflict": 2, "duplicate": 61}
@@ -143,8 +145,8 @@ def test_only_approved_feedback_within_the_caps_joins_train() -> None:
         columns=["id", "text", "label", "received_at", "submitter", "review"],
         dtype=object,
     )
-    cfg = PrepareConfig(val_fraction=0.1, test_fraction=0.2, seed=1)  # raw train: 140 rows
-    out = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), cfg, feedback)
+    cfg = section("prepare", val_fraction=0.1, test_fraction=0.2, seed=1)  # raw train: 140 rows
+    out = prepare(_frame(rows), section("data", labels=("negative", "positive")), cfg, feedback)
     # bob: 30 approved, 20 over max_per_submitter (earliest kept); 5 + 10 fit in 14 = 10% of train.
     assert out.manifest["feedback"] == {
         "rows": 38,
@@ -156,7 +158,7 @@ def test_only_approved_feedback_within_the_caps_joins_train() -> None:
         "excluded_over_train_share": 21,
     }
     capped = cfg.model_copy(update={"feedback": cfg.feedback.model_copy(update={"max_per_submitter": 10})})
-    out = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), capped, feedback)
+    out = prepare(_frame(rows), section("data", labels=("negative", "positive")), capped, feedback)
     fed = out.manifest["feedback"]
     assert fed["excluded_over_submitter_cap"] == 20 and fed["added_to_train"] == 14
     assert fed["excluded_over_train_share"] == 1
@@ -165,7 +167,7 @@ def test_only_approved_feedback_within_the_caps_joins_train() -> None:
     assert {"还没审", "被拒绝", "没有审核列之前", "乙说差 10", "乙说差 9"}.isdisjoint(train)
     assert {"乙说差 8", "甲说好 4"} <= train
     open_review = capped.model_copy(update={"feedback": capped.feedback.model_copy(update={"review": False})})
-    fed = prepare(_frame(rows), DataConfig(labels=("negative", "positive")), open_review, feedback)
+    fed = prepare(_frame(rows), section("data", labels=("negative", "positive")), open_review, feedback)
     assert fed.manifest["feedback"]["excluded_unapproved"] == 0
 
 
@@ -173,21 +175,24 @@ def test_prepare_custom_columns_and_three_classes() -> None:
     frame = pd.DataFrame(
         {"body": [f"t{c}{i}" for c in "abc" for i in range(20)], "y": [c for c in "abc" for _ in range(20)]}
     )
-    out = prepare(frame, DataConfig(text_column="body", label_column="y"), PrepareConfig(seed=3))
+    data = section("data", text_column="body", label_column="y", labels=None)
+    out = prepare(frame, data, section("prepare", seed=3))
     assert out.manifest["labels"] == ["a", "b", "c"]
     assert all(out.manifest["splits"]["test"]["per_class"][c] == 4 for c in "abc")
 
 
 def test_prepare_missing_column_and_unknown_label() -> None:
     with pytest.raises(DataError, match="no column"):
-        prepare(pd.DataFrame({"text": ["a"]}), DataConfig(), PrepareConfig())
+        prepare(pd.DataFrame({"text": ["a"]}), section("data", labels=None), section("prepare"))
     with pytest.raises(DataError, match="not in data.labels"):
-        prepare(_frame([("a", "neutral")]), DataConfig(labels=("negative", "positive")), PrepareConfig())
+        prepare(
+            _frame([("a", "neutral")]), section("data", labels=("negative", "positive")), section("prepare")
+        )
 
 
 def test_write_prepared_is_byte_identical(tmp_path) -> None:
     rows = [(f"文本{i}", "positive" if i % 2 else "negative") for i in range(200)]
-    out = prepare(_frame(rows), DataConfig(), PrepareConfig(seed=5))
+    out = prepare(_frame(rows), section("data", labels=None), section("prepare", seed=5))
     write_prepared(out, tmp_path / "a")
     write_prepared(out, tmp_path / "b")
     for name in ("train.parquet", "val.parquet", "test.parquet", "manifest.json"):

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from textclf.config import NormalizeConfig, ServeConfig
+from projects import section
 from textclf.errors import ModelSourceError
 from textclf.model.predictor import RUNTIME_FILE, Predictor, Preprocessing
 from textclf.serving import auth, package
@@ -35,7 +35,8 @@ pytestmark = pytest.mark.integration
 CHARS = "的一是不了人我在有他这中大来上个国到说们为子和你地出道也时年很好差服务房间干净菜慢贵便宜"
 LABELS = ("alpha", "beta", "gamma")  # three classes: nothing may assume a binary task
 MAX_LENGTH = 16
-SERVE = ServeConfig(
+SERVE = section(
+    "serve",
     bento_name="textclf-test",
     model_store_name="textclf-test-model",
     max_batch_size=16,
@@ -89,7 +90,7 @@ def _make_model_dir(out: Path) -> Path:
     )
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    Preprocessing(normalize=NormalizeConfig(), max_length=MAX_LENGTH).save(out)
+    Preprocessing(normalize=section("prepare.normalize"), max_length=MAX_LENGTH).save(out)
     (out / "provenance.json").write_text(json.dumps(PROVENANCE))  # as training carries a base model's
     return out
 

@@ -27,7 +27,7 @@ import httpx
 import psutil
 import pytest
 
-from projects import TINY, env, make_project, run, toy_corpus, wait_for
+from projects import TINY, env, make_project, run, section, toy_corpus, wait_for
 
 # The stack supervisor is a tool beside the flows (flows/stack.py), not a module of the library.
 _spec = importlib.util.spec_from_file_location(
@@ -55,7 +55,7 @@ class _Timer:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    s = S.Stack(tmp_path_factory.mktemp("stack-home"))
+    s = S.Stack(tmp_path_factory.mktemp("stack-home"), section("mlflow"))
     try:
         with _Timer("stack up"):
             s.up()
@@ -111,7 +111,7 @@ def test_compose_matches_the_stack_command(repo_root: Path, tmp_path: Path) -> N
     compose = yaml.safe_load((repo_root / "compose.yaml").read_text())["services"]
     local = {"s3": "minio"}
     assert {local.get(s, s) for s in S.SERVICES} <= set(compose)
-    stack = S.Stack(tmp_path)  # never started: only its variable names are compared
+    stack = S.Stack(tmp_path, section("mlflow"))  # never started: only its variable names are compared
     names = set(stack.client_env()) | set(stack.server_env())
     in_compose = {k for svc in compose.values() for k in (svc.get("environment") or {})}
     assert names <= in_compose, names - in_compose

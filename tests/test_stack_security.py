@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from projects import BIN, make_project, run, toy_corpus
+from projects import BIN, make_project, params, run, section, toy_corpus
 
 _spec = importlib.util.spec_from_file_location(
     "textclf_stack_sec", Path(__file__).resolve().parents[1] / "flows" / "stack.py"
@@ -71,7 +71,7 @@ def test_compose_services_run_as_non_root(compose: dict) -> None:
 
 
 def test_secrets_and_env_are_private(tmp_path: Path) -> None:
-    stack = S.Stack(tmp_path)
+    stack = S.Stack(tmp_path, section("mlflow"))
     stack._save()  # writes .stack/env (generating the secrets it names)
     files = [stack.dir / "env", *(stack.dir / "secrets").iterdir()]
     assert len(files) > 4
@@ -84,7 +84,7 @@ def test_secrets_and_env_are_private(tmp_path: Path) -> None:
 def test_worker_environment_is_a_short_explicit_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGPASSWORD", "caller-secret")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "caller-root-key")
-    stack = S.Stack(tmp_path)
+    stack = S.Stack(tmp_path, section("mlflow"))
     env = stack.worker_env()
     assert "caller-secret" not in env.values() and "caller-root-key" not in env.values()
     assert not [k for k in env if "DATABASE" in k or k.startswith(("PG", "MLFLOW_BACKEND"))]
@@ -111,7 +111,7 @@ def test_stack_down_leaves_a_stranger_holding_a_saved_pid_alive(tmp_path: Path) 
             "s3": stranger.pid,  # an old state file: a pid without its start time is not trusted
         }
         state.write_text(json.dumps({"ports": ports, "pids": pids}))
-        stack = S.Stack(tmp_path)
+        stack = S.Stack(tmp_path, section("mlflow"))
         assert not any(stack.running().values())
         stack.down()
         time.sleep(0.5)
@@ -122,7 +122,7 @@ def test_stack_down_leaves_a_stranger_holding_a_saved_pid_alive(tmp_path: Path) 
         state.write_text(
             json.dumps({"ports": ports, "pids": {"mlflow": {"pid": stranger.pid, "started": started}}})
         )
-        stack = S.Stack(tmp_path)
+        stack = S.Stack(tmp_path, section("mlflow"))
         assert stack.running()["mlflow"]
         stack.down()
         assert stranger.wait(10) is not None
@@ -157,14 +157,13 @@ def test_promote_and_rollback_repackage_under_the_gate_account(monkeypatch: pyte
     """`textclf promote/rollback` package the new champion (a version tag write) as the gate, not as the
     caller: a reader's shell with the gate's account named completes both (seen on the real stack)."""
     from textclf import cli
-    from textclf.config import Config
     from textclf.serving import release
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
     monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_USERNAME", "gate")
     monkeypatch.setenv("TEXTCLF_GATE_MLFLOW_PASSWORD", "g-pw")
     monkeypatch.setattr(release, "champion_bento", lambda *_: os.environ["MLFLOW_TRACKING_USERNAME"])
-    assert cli._serving_line(Config()) == "serve gate (textclf serve)"
+    assert cli._serving_line(params()) == "serve gate (textclf serve)"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "reader"
 
 

@@ -18,9 +18,9 @@ mlflow = pytest.importorskip("mlflow")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from projects import TINY, env  # noqa: E402
+from projects import TINY, env, params  # noqa: E402
 from textclf import stages  # noqa: E402
-from textclf.config import Config, apply_overrides, config_from_dict  # noqa: E402
+from textclf.config import Config, apply_overrides  # noqa: E402
 from textclf.data.prepare import split_digest  # noqa: E402
 from textclf.errors import TextclfError  # noqa: E402
 from textclf.model.predictor import Predictor  # noqa: E402
@@ -40,9 +40,7 @@ def _git(root: Path, *args: str) -> str:
 
 
 def _project(root: Path, train_over: dict | None = None) -> tuple[Config, Path]:
-    cfg = config_from_dict(
-        {**TINY, "data": {"labels": None}, "train": {**TINY["train"], **(train_over or {})}}
-    )
+    cfg = params({**TINY, "data": {"labels": None}, "train": {**TINY["train"], **(train_over or {})}})
     prepared = root / cfg.paths.prepared
     prepared.mkdir(parents=True)
     for name, (n, seed) in {"train": (120, 1), "val": (30, 2), "test": (40, 3)}.items():

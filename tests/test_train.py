@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers import TrainerCallback  # noqa: E402
 
+from projects import section
 from textclf.config import apply_overrides, load_config  # noqa: E402
 from textclf.errors import DataError, ModelSourceError  # noqa: E402
 from textclf.model.build import build_classifier, build_tokenizer  # noqa: E402
@@ -92,11 +93,10 @@ def test_char_tokenizer_has_no_unk_for_train_chars_and_reloads(tmp_path, frames)
 
 
 def test_vocab_respects_min_frequency_and_size():
-    from textclf.config import TokenizerConfig
 
-    tok = build_char_tokenizer(["aab", "ac"], TokenizerConfig(min_frequency=2, vocab_size=16), 16)
+    tok = build_char_tokenizer(["aab", "ac"], section("model.tokenizer", min_frequency=2, vocab_size=16), 16)
     assert set(tok.get_vocab()) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"}
-    tok = build_char_tokenizer(["aaabbc"], TokenizerConfig(min_frequency=1, vocab_size=16 + 0), 16)
+    tok = build_char_tokenizer(["aaabbc"], section("model.tokenizer", min_frequency=1, vocab_size=16 + 0), 16)
     assert len(tok) == 8
 
 

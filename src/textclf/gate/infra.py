@@ -124,7 +124,7 @@ def validate_candidate(
         *test_texts[: icfg.golden_texts],
         *(t for case in cases_for(cfg.gate.behaviour) for t in case.texts),
     ]
-    offline = [p.label for p in served.predictor.predict(texts)]
+    offline = [p.label for p in served.predictor.predict(texts, cfg.train.eval_batch_size)]
     lineage = {"registered_version": served.version, "mlflow_run_id": run_id or ""}
     with tempfile.TemporaryDirectory(prefix="textclf-infra-") as tmp:
         result = infra_validate(

@@ -118,17 +118,19 @@ class Predictor:
         return [normalize(t, self.preprocessing.normalize) for t in texts]
 
     def predict_proba(
-        self, texts: list[str], batch_size: int = 64, *, normalized: bool = False
+        self, texts: list[str], batch_size: int | None = None, *, normalized: bool = False
     ) -> tuple[np.ndarray, list[bool]]:
-        """Probabilities (n, n_labels) in ``self.labels`` order and a per-text truncation flag.
-        ``normalized``: the texts already went through :meth:`normalize` (the service's validator)."""
+        """Probabilities (n, n_labels) in ``self.labels`` order and a per-text truncation flag, computed
+        ``batch_size`` texts at a time (None: all in one batch; callers pass train.eval_batch_size or
+        serve.max_batch_size). ``normalized``: the texts already went through :meth:`normalize`."""
         import torch
 
         clean = list(texts) if normalized else self.normalize(list(texts))
         probs: list[np.ndarray] = []
         truncated: list[bool] = []
-        for start in range(0, len(clean), batch_size):
-            enc, cut = self._encode(clean[start : start + batch_size])
+        step = batch_size or max(len(clean), 1)
+        for start in range(0, len(clean), step):
+            enc, cut = self._encode(clean[start : start + step])
             truncated.extend(cut)
             probs.append(torch.softmax(self._logits(enc).float(), dim=-1).cpu().numpy())
         if not probs:
@@ -161,7 +163,7 @@ class Predictor:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
     def predict(
-        self, texts: list[str], batch_size: int = 64, *, normalized: bool = False
+        self, texts: list[str], batch_size: int | None = None, *, normalized: bool = False
     ) -> list[Prediction]:
         probs, truncated = self.predict_proba(texts, batch_size, normalized=normalized)
         out = []

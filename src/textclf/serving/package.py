@@ -56,14 +56,12 @@ def import_model_dir(
     return str(model.tag)
 
 
-PACKAGING_ONLY = {"registry_ref", "runtime"}  # ServeConfig keys the service never reads
-
-
 def service_args(model_tag: str, serve_cfg: ServeConfig) -> dict[str, Any]:
-    """The bento arguments the service reads at import (see ``schemas.ServiceArgs``). What to build from
-    and which runtime are packaging-time choices: the runtime reaches the service only through the
-    model directory's ``textclf_runtime.json`` (see :func:`textclf.serving.release.served_model_dir`)."""
-    return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json", exclude=PACKAGING_ONLY)}
+    """The bento arguments the service reads at import (see ``schemas.ServiceArgs``): the whole ``serve``
+    section, so the served process never reads params.yaml. ``registry_ref`` and ``runtime`` are
+    packaging-time choices the service does not read: the runtime reaches it only through the model
+    directory's ``textclf_runtime.json`` (see :func:`textclf.serving.release.served_model_dir`)."""
+    return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json")}
 
 
 def build_bento(

@@ -40,7 +40,7 @@ class ServiceArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_tag: str = Field(description="BentoML model store tag, name:version")
-    serve: ServeConfig = ServeConfig()
+    serve: ServeConfig
 
 
 def _text_checker(

@@ -97,7 +97,8 @@ class TextclfPyfunc(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         predictor = self._predictor
-        probs, _ = predictor.predict_proba(_texts(model_input))
+        # The signature declares batch_size with train.eval_batch_size as its default (MLflow fills it in).
+        probs, _ = predictor.predict_proba(_texts(model_input), int((params or {})["batch_size"]))
         return pyfunc_output(predictor.labels, probs)
 
 
@@ -122,11 +123,13 @@ def log_pyfunc_model(
     model_dir: Path,
     example_texts: Sequence[str],
     *,
+    batch_size: int,
     name: str = "model",
 ) -> mlflow.models.model.ModelInfo:
     """Log ``model_dir`` as a pyfunc model under the active run; returns MLflow's ``ModelInfo``.
 
-    The signature is inferred from ``example_texts`` and the predictions of the same model.
+    The signature is inferred from ``example_texts`` and the predictions of the same model, with the
+    inference parameter ``batch_size`` (callers pass ``params={"batch_size": n}`` to change it).
     """
     from mlflow.models import infer_signature
 
@@ -136,8 +139,8 @@ def log_pyfunc_model(
     examples = [str(t) for t in example_texts] or ["example"]
     predictor = Predictor(model_dir, device="cpu")
     example_in = pd.DataFrame({TEXT_COLUMN: examples})
-    example_out = pyfunc_output(predictor.labels, predictor.predict_proba(examples)[0])
-    signature = infer_signature(example_in, example_out)
+    example_out = pyfunc_output(predictor.labels, predictor.predict_proba(examples, batch_size)[0])
+    signature = infer_signature(example_in, example_out, params={"batch_size": batch_size})
     with tempfile.TemporaryDirectory(prefix="textclf-pyfunc-") as tmp:
         code = Path(tmp) / "textclf_pyfunc_model.py"
         code.write_text(_MODEL_CODE, encoding="utf-8")

@@ -107,13 +107,13 @@ def base_model_tags(model_dir: Path) -> dict[str, str]:
     return {f"textclf.base_model.{k}": str(v) for k, v in flatten(read_provenance(model_dir)).items()}
 
 
-def log_model(model_dir: Path, train_ids: list[str], examples: list[str]) -> str:
+def log_model(model_dir: Path, train_ids: list[str], examples: list[str], batch_size: int) -> str:
     """The pyfunc model and the training ids, on the active run; returns the model URI (register it)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / TRAIN_IDS_ARTIFACT
         path.write_text("".join(f"{i}\n" for i in train_ids), encoding="utf-8")
         mlflow.log_artifact(str(path))
-    return log_pyfunc_model(model_dir, examples).model_uri
+    return log_pyfunc_model(model_dir, examples, batch_size=batch_size).model_uri
 
 
 @contextmanager

@@ -96,7 +96,7 @@ def _policy(checks: Mapping[str, CheckConfig], known: tuple[str, ...], section: 
         raise ConfigError(f"{section}.checks: unknown check name(s) {unknown}; known: {list(known)}")
 
     def plan(name: str, asset: str, build: Callable[..., Any], *needs: str) -> PlannedCheck:
-        policy = checks.get(name, CheckConfig())  # absent: severity error, mostly 1.0
+        policy = checks[name]  # config validation requires every check
         return PlannedCheck(name, asset, policy.severity, policy.mostly, build, tuple(needs))
 
     return plan
