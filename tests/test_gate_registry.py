@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -147,10 +148,13 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
     cfg = params()
     examples = splits["test"]["text"].head(3).tolist()
 
-    def log(model_dir: Path, name: str, train_ids: list[str] | None) -> str:
+    def log(model_dir: Path, name: str, train_ids: list[str] | None, variant: bool = False) -> str:
         configure_mlflow(cfg, root)
         with mlflow.start_run(run_name=name) as run:
             mlflow.log_metrics({"baseline_test_macro_f1": 0.55})
+            if variant:  # a compressed variant's file where evaluate logs them (no parity: served on torch)
+                (root / "model.onnx").write_bytes(b"onnx bytes")
+                mlflow.log_artifact(str(root / "model.onnx"), "eval/variants")
             if train_ids is None:  # a model whose training data is unknown
                 log_pyfunc_model(model_dir, examples, batch_size=cfg.train.eval_batch_size)
             else:
@@ -163,6 +167,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
         "copy": log(good, "copy", train_ids + splits["test"]["id"].head(N_LEAK).tolist()),
         "random": log(rand, "random", None),
         "shuffled": log(shuffled, "shuffled", train_ids),
+        "variant": log(shuffled, "variant", train_ids, variant=True),
     }
     return {"root": root, "runs": runs, "splits": splits, "client": client(cfg, root)}
 
@@ -315,32 +320,39 @@ def test_forced_promote_rollback_and_history(project: dict) -> None:
 
 
 def test_a_model_changed_after_the_gate_is_refused(project: dict, tmp_path: Path) -> None:
-    """The gate seals the champion's model directory (sha256 version tag); files changed in the artifact
-    store afterwards make packaging and a rollback to it fail naming the digest, and nothing moves."""
+    """The gate seals every file of a version (its model directory and its run's variant files: sha256
+    by path in a version tag); a file changed in the artifact store afterwards makes packaging and a
+    rollback to it fail naming the file, and nothing moves."""
     from textclf.serving.release import served_model_dir
 
     cfg, root, c = _cfg("m-digest"), project["root"], project["client"]
-    v1 = _register(project, cfg, "shuffled")
+    v1 = _register(project, cfg, "variant")
     promote(cfg, root, v1, force=True, reason="seal it")
-    digest = c.get_model_version("m-digest", v1).tags[R.DIGEST_TAG]
-    assert len(digest) == 64
+    sealed = json.loads(c.get_model_version("m-digest", v1).tags[R.SEAL_TAG])
+    assert {"model/model.safetensors", "model/textclf_preprocessing.json", "variants/model.onnx"} <= set(
+        sealed
+    )
     v2 = _register(project, cfg, "random")
     promote(cfg, root, v2, force=True, reason="v1 becomes previous-champion")
-    source = c.get_model_version("m-digest", v1).source
+    mv = c.get_model_version("m-digest", v1)
     store = Path(
-        c.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://")
+        c.get_logged_model(mv.source.removeprefix("models:/")).artifact_location.removeprefix("file://")
     )
-    weights = next(store.rglob("model.safetensors"))
-    original = weights.read_bytes()
-    try:
-        weights.write_bytes(original[:-4] + b"evil")
-        with pytest.raises(R.DigestMismatch, match="do not match the gated digest"):
-            served_model_dir(c, "m-digest", v1, "torch", tmp_path / "pkg")
-        with pytest.raises(R.DigestMismatch, match=R.DIGEST_TAG):
-            rollback(cfg, root, reason="back to the tampered one")
-        assert _aliases(project, "m-digest") == {"champion": v2, "previous-champion": v1}
-    finally:
-        weights.write_bytes(original)
+    run_store = Path(c.get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))
+    for name, victim in (
+        ("model/model.safetensors", next(store.rglob("model.safetensors"))),
+        ("variants/model.onnx", run_store / "eval" / "variants" / "model.onnx"),
+    ):
+        original = victim.read_bytes()
+        try:
+            victim.write_bytes(original[:-4] + b"evil")
+            with pytest.raises(R.DigestMismatch, match=re.escape(f"changed ['{name}']")):
+                served_model_dir(c, "m-digest", v1, "torch", tmp_path / name / "pkg")
+            with pytest.raises(R.DigestMismatch, match=re.escape(name)):
+                rollback(cfg, root, reason="back to the tampered one")
+            assert _aliases(project, "m-digest") == {"champion": v2, "previous-champion": v1}
+        finally:
+            victim.write_bytes(original)
     served = served_model_dir(c, "m-digest", v1, "torch", tmp_path / "ok")
     card = (served / "README.md").read_text()  # the card that ships carries this version's numbers
     assert f"## Evaluation of m-digest v{v1}" in card and "Served runtime: torch" in card

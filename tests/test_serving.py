@@ -584,6 +584,25 @@ def test_serving_without_a_token_refuses_to_start(built: dict[str, str], tmp_pat
             pass
 
 
+def test_changed_model_files_refuse_to_start(built: dict[str, str], tmp_path: Path) -> None:
+    """Before any worker loads the model, the service checks every stored file against the sha256 that
+    `textclf package` recorded, and names the one that changed."""
+    import bentoml
+
+    onnx = Path(bentoml.models.get(built["model"]).path) / "model.onnx"
+    original = onnx.read_bytes()
+    secret = tmp_path / "tokens.json"
+    secret.write_text(json.dumps(TOKENS))
+    env = {auth.TOKENS_FILE_ENV: str(secret), auth.TOKENS_ENV: "", auth.AUTH_ENV: ""}
+    try:
+        onnx.write_bytes(original[:-4] + b"evil")
+        with pytest.raises(package.ServeFailed, match=r"changed \['model.onnx'\]"):
+            with package.served(built["bento"], tmp_path / "serve.log", timeout_s=120, env=env):
+                pass
+    finally:
+        onnx.write_bytes(original)
+
+
 @pytest.mark.skipif(not os.environ.get(HOLD_ENV), reason="started by test_cleanup.py")
 def test_hold_the_server(server: str) -> None:
     """Test-side: hold the module's server until killed, for tests/test_cleanup.py."""

@@ -600,23 +600,34 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
 
 
 def _tampered_champion_refused(stack, cc: Path, s3) -> None:  # noqa: ANN001
+    """The trainer rewrites the champion's weights through MLflow's artifact proxy (its EDIT on the
+    experiment allows that: MLflow cannot refuse it). `textclf package` then refuses, naming the file."""
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(stack.client_env()["MLFLOW_TRACKING_URI"])
+    env = stack.client_env()
+    c = MlflowClient(env["MLFLOW_TRACKING_URI"])
     champion = c.get_model_version_by_alias("textclf-sentiment", "champion")
-    assert len(champion.tags["textclf.model_sha256"]) == 64, champion.tags
+    sealed = json.loads(champion.tags["textclf.files_sha256"])
+    assert "model/model.safetensors" in sealed, sorted(sealed)
     model_id = champion.source.removeprefix("models:/")
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket="textclf-mlflow")
     keys = [o["Key"] for p in pages for o in p.get("Contents", []) if model_id in o["Key"]]
     weights = next(k for k in keys if k.endswith("model.safetensors"))
     body = s3.get_object(Bucket="textclf-mlflow", Key=weights)["Body"].read()
-    s3.put_object(Bucket="textclf-mlflow", Key=weights, Body=body[:-4] + b"evil")
+    location = c.get_logged_model(model_id).artifact_location.removeprefix("mlflow-artifacts:/").strip("/")
+    inside = weights.split(f"{model_id}/artifacts/", 1)[1]
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow-artifacts/artifacts/{location}/{inside}"
+    trainer = ("trainer", stack.secret("mlflow-trainer"))
+    put = httpx.put(url, content=body[:-4] + b"evil", auth=trainer, timeout=60)
+    REFUSALS["mlflow trainer PUT on the champion's weights (MLflow allows it)"] = put.status_code
+    assert put.status_code == 200, put.text[:500]
     versions = s3.list_object_versions(Bucket="textclf-mlflow", Prefix=weights)["Versions"]
     assert len(versions) == 2, "the bucket is versioned: the gated bytes are still there"
     out = _cli(stack, cc, str(BIN / "textclf"), "package", check=False)
     assert out.returncode != 0, out.stdout[-2000:]
-    assert "digest" in (out.stdout + out.stderr), (out.stdout + out.stderr)[-3000:]
-    REFUSALS["textclf package after tampering (exit)"] = out.returncode
+    said = out.stdout + out.stderr
+    assert "changed ['model/model.safetensors']" in said, said[-3000:]
+    REFUSALS["textclf package after the trainer's PUT (exit)"] = out.returncode
 
 
 def _logs(client, flow_run_id) -> str:  # noqa: ANN001

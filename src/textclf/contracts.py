@@ -6,6 +6,7 @@ Paths are relative to the ``paths.*`` folder (or MLflow run artifact folder) nam
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,3 +70,27 @@ def write_json(obj: Any, path: Path) -> None:
     """Sorted, indented UTF-8 JSON (diffable under DVC and git); creates the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def file_digests(root: Path, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``root`` by ``prefix`` + relative path, leaving out the names in
+    ``skip``: what a seal records and what a reader compares with it (see :func:`digest_problems`)."""
+    root = Path(root)
+    return {
+        prefix + f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and f.name not in skip
+    }
+
+
+def digest_problems(sealed: dict[str, str], found: dict[str, str], whole: str = "") -> list[str]:
+    """What differs between a seal and the files found: changed and unsealed files, and sealed files
+    under ``whole`` (a prefix whose every file must be there) that are missing. Empty: they match."""
+    changed = sorted(n for n in found if n in sealed and sealed[n] != found[n])
+    added = sorted(n for n in found if n not in sealed)
+    missing = sorted(n for n in sealed if n.startswith(whole) and n not in found)
+    return [
+        f"{what} {names}"
+        for what, names in (("changed", changed), ("not sealed", added), ("missing", missing))
+        if names
+    ]

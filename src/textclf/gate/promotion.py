@@ -122,6 +122,8 @@ def run_gate(
     test = read_split(root / cfg.paths.prepared, "test")
     digest = split_digest(test)
     log.info("gate: candidate v%s vs champion %s on %d test rows", cand, champion, len(test))
+    if not dry_run:
+        R.seal(c, model, cand)  # the files judged below are these: packaging and rollback check them
     with tempfile.TemporaryDirectory(prefix="textclf-gate-") as tmp:
         # the candidate as its Bento will serve it (runtime and latency budget included): built once,
         # then judged, served in infra validation and packaged

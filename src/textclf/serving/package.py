@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from textclf import contracts as C
 from textclf.config import ServeConfig
 from textclf.errors import ConfigError, ModelSourceError, TextclfError
 from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
@@ -26,6 +28,8 @@ from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
 log = logging.getLogger(__name__)
 
 BENTOFILE = "bentofile.yaml"
+FILES_METADATA = "files_sha256"  # BentoML model metadata: sha256 of every file imported, by path
+MODEL_INFO_FILE = "model.yaml"  # what BentoML writes beside the imported files
 # Training leftovers that a model directory may hold and serving never needs.
 _IGNORE = shutil.ignore_patterns("checkpoint-*", "__pycache__", ".*")
 
@@ -41,7 +45,8 @@ def import_model_dir(
     """Copy a textclf model directory into the BentoML model store; returns the tag ``name:version``.
 
     ``labels`` carry lineage (registry name/version, run id, dataset digests, data.dvc md5, git
-    commit, gate decision id...); the class names and max length are added to ``metadata``.
+    commit, gate decision id...); the class names and max length are added to ``metadata``, and the
+    sha256 of every file stored (``files_sha256``), which the service checks before it starts.
     """
     import bentoml
 
@@ -50,8 +55,11 @@ def import_model_dir(
         raise ModelSourceError(f"{model_dir} is not a model directory: config.json missing")
     preprocessing = Preprocessing.load(model_dir)  # fails with a clear message if not a textclf dir
     meta = {**(metadata or {}), "max_length": preprocessing.max_length, "format": PREPROCESSING_FILE}
-    with bentoml.models.create(name, labels=clean_labels(labels), metadata=meta) as model:
-        shutil.copytree(model_dir, model.path, ignore=_IGNORE, dirs_exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="textclf-import-") as tmp:
+        staged = Path(shutil.copytree(model_dir, Path(tmp) / "model", ignore=_IGNORE))
+        meta[FILES_METADATA] = C.file_digests(staged)
+        with bentoml.models.create(name, labels=clean_labels(labels), metadata=meta) as model:
+            shutil.copytree(staged, model.path, dirs_exist_ok=True)
     log.info("imported %s into the BentoML model store as %s", model_dir, model.tag)
     return str(model.tag)
 
@@ -62,6 +70,20 @@ def service_args(model_tag: str, serve_cfg: ServeConfig) -> dict[str, Any]:
     packaging-time choices the service does not read: the runtime reaches it only through the model
     directory's ``textclf_runtime.json`` (see :func:`textclf.serving.release.served_model_dir`)."""
     return {"model_tag": model_tag, "serve": serve_cfg.model_dump(mode="json")}
+
+
+def check_stored_files(model_path: Path, metadata: Mapping[str, Any]) -> None:
+    """Refuse (ModelSourceError naming the files) a stored model whose files differ from the ones
+    :func:`import_model_dir` recorded: the service calls this before it loads anything."""
+    sealed = metadata.get(FILES_METADATA)
+    if not isinstance(sealed, dict):
+        raise ModelSourceError(f"{model_path}: no {FILES_METADATA} in the model's metadata: package it again")
+    found = C.file_digests(model_path, skip=(MODEL_INFO_FILE,))
+    if problems := C.digest_problems(sealed, found):
+        raise ModelSourceError(
+            f"{model_path}: stored model files differ from the ones packaged: {'; '.join(problems)}; "
+            "refusing to serve them"
+        )
 
 
 def build_bento(

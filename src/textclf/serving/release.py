@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from textclf import contracts as C
@@ -27,7 +26,6 @@ from textclf.evaluate.variants import resolve_runtime
 from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE, Predictor
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
-from textclf.tracking.pyfunc import download_model_dir
 from textclf.tracking.store import client, gate_account
 
 log = logging.getLogger(__name__)
@@ -70,29 +68,22 @@ def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, ds
     """Registry ``version``'s model directory set up to run what ``runtime`` (``serve.runtime``) resolves
     to among its run's variants: the ONNX file beside the weights, and ``textclf_runtime.json`` naming
     the runtime with its parity figures. Packaging, infra validation and the gate all load this: the
-    runtime is resolved here, once, and reaches the service only as that file."""
+    runtime is resolved here, once, and reaches the service only as that file. Every file downloaded is
+    checked against the gate's seal (:func:`textclf.tracking.registry.seal`) first."""
 
     mv = c.get_model_version(model, version)
-    model_dir = download_model_dir(c, str(mv.source), dst / "model")
-    if R.check_digest(c, model, version, model_dir) is None and R.alias(c, model, R.CHAMPION) == version:
+    model_dir, variants_dir, found = R.version_files(c, model, version, dst)  # checked before any use
+    if not R.check_seal(c, model, version, found) and R.alias(c, model, R.CHAMPION) == version:
         log.warning(
-            "%s v%s is champion but carries no %s: its files are not verified", model, version, R.DIGEST_TAG
+            "%s v%s is champion but carries no %s: its files are unverified", model, version, R.SEAL_TAG
         )
     variants: dict[str, Any] = {}
-    if runtime != "torch" and mv.run_id:
-        try:
-            path = c.download_artifacts(
-                mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{C.PARITY_FILE}", str(dst)
-            )
-            variants = json.loads(Path(path).read_text(encoding="utf-8"))["variants"]
-        except (MlflowException, OSError):
-            log.info("v%s has no variants: it is served on torch", version)
+    if runtime != "torch" and variants_dir is not None and (variants_dir / C.PARITY_FILE).is_file():
+        variants = json.loads((variants_dir / C.PARITY_FILE).read_text(encoding="utf-8"))["variants"]
     name = resolve_runtime(runtime, variants)
     if name in ONNX_FILES:
-        path = c.download_artifacts(
-            mv.run_id, f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}/{ONNX_FILES[name]}", str(dst)
-        )
-        shutil.copyfile(path, model_dir / ONNX_FILES[name])
+        assert variants_dir is not None  # resolve_runtime names a variant only when parity lists it
+        shutil.copyfile(variants_dir / ONNX_FILES[name], model_dir / ONNX_FILES[name])
     figures = {k: v for k, v in variants.get(name, {}).items() if k not in ("problems", "passed")}
     (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": name, "parity": figures}, indent=2) + "\n")
     _card_numbers(c, mv, model_dir, name, figures)

@@ -26,6 +26,7 @@ from fastapi.responses import RedirectResponse
 from textclf.contracts import ENV_MONITORING_DIR, now
 from textclf.data.records import FEEDBACK, TRAFFIC, PartWriter, Recorder
 from textclf.serving import auth
+from textclf.serving.package import check_stored_files
 from textclf.serving.schemas import (
     BatchingInfo,
     FeedbackAck,
@@ -80,6 +81,11 @@ class TextClassifier:
     @bentoml.on_deployment
     def refuse_without_tokens() -> None:  # once in `bentoml serve`'s main process, before any worker
         auth.check_startup(SETTINGS)
+
+    @bentoml.on_deployment
+    def refuse_changed_files() -> None:  # every file the workers will load, as `textclf package` stored it
+        stored = bentoml.models.get(ARGS.model_tag)
+        check_stored_files(Path(stored.path), stored.info.metadata)
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)

@@ -6,7 +6,9 @@ version to serve: it passed the gate, or was forced, which its tags say) and ``p
 its run, the gate's decision record logged on that run — plus a few version tags written here:
 ``textclf.gate.*`` (decision id, result, reason), ``textclf.promoted_at`` / ``promoted_via`` /
 ``promoted_reason`` / ``replaced`` on the version that became champion, ``textclf.demoted_at`` /
-``replaced_by`` on the one it replaced. ``textclf registry history`` is built from those tags.
+``replaced_by`` on the one it replaced, and ``textclf.files_sha256`` (:func:`seal`): the sha256 of every
+file of the version, recorded before the gate judges it and checked by every later download.
+``textclf registry history`` is built from those tags.
 
 Alias moves happen under a registry lock (:func:`registry_lock`) with a compare-and-set re-read of the
 champion. Order: ``replaced`` and ``promotion_pending`` on the candidate, ``previous-champion``, then
@@ -19,7 +21,7 @@ tag when ``previous-champion`` was lost.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -48,7 +50,9 @@ GATE_DECISION, GATE_RESULT, GATE_REASON, GATE_AT = (
 )
 BENTO_TAG = "textclf.bento_tag"
 REPLACED, PENDING = "textclf.replaced", "textclf.promotion_pending"
-DIGEST_TAG = "textclf.model_sha256"  # of the model directory, recorded when a version first becomes champion
+# {"model/<path>": sha256, "variants/<file>": sha256}: every file a runtime of the version may load,
+# recorded by the gate before it judges the version (see seal)
+SEAL_TAG = "textclf.files_sha256"
 
 
 class RegistryError(TextclfError):
@@ -300,42 +304,49 @@ def roll_back_champion(c: MlflowClient, model: str, reason: str) -> AliasMove:
     return AliasMove(model, previous, current, "rollback", reason)
 
 
-# --------------------------------------------------------------------------- model digests
-def dir_digest(path: Path) -> str:
-    """sha256 over the relative path and bytes of every file under ``path`` (sorted): the same files
-    give the same digest wherever they are downloaded."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(f.read_bytes()).hexdigest().encode() + b"\n")
-    return h.hexdigest()
+# --------------------------------------------------------------------------- model seals
+def version_files(
+    c: MlflowClient, model: str, version: str, dst: Path
+) -> tuple[Path, Path | None, dict[str, str]]:
+    """Download every file a runtime of ``version`` may load under ``dst``: its model directory and its
+    run's compressed variants (None: none). Returns both folders and the files' sha256 by
+    ``model/<path>`` and ``variants/<file>``."""
+    mv = c.get_model_version(model, version)
+    model_dir = download_model_dir(c, str(mv.source), dst / "model")
+    found = C.file_digests(model_dir, "model/")
+    variants = None
+    if mv.run_id:
+        try:
+            rel = f"{C.ARTIFACT_EVAL_DIR}/{C.VARIANTS_DIR}"
+            variants = Path(c.download_artifacts(mv.run_id, rel, str(dst / "variants")))
+        except MlflowException:  # evaluated without variants
+            variants = None
+        else:
+            found |= C.file_digests(variants, "variants/")
+    return model_dir, variants, found
 
 
-def check_digest(c: MlflowClient, model: str, version: str, model_dir: Path) -> str | None:
-    """Raise :class:`DigestMismatch` when ``model_dir`` (just downloaded) differs from the digest the
-    gate recorded on the version; return the recorded digest (None: never sealed)."""
-    expected = (c.get_model_version(model, version).tags or {}).get(DIGEST_TAG)
-    if expected is not None:
-        actual = dir_digest(model_dir)
-        if actual != expected:
-            raise DigestMismatch(
-                f"{model} v{version}: model files do not match the gated digest ({DIGEST_TAG} "
-                f"{expected[:16]}..., downloaded {actual[:16]}...): the artifact store was changed after the "
-                "gate; refusing to use it"
-            )
-    return expected
+def check_seal(c: MlflowClient, model: str, version: str, found: dict[str, str]) -> bool:
+    """Raise :class:`DigestMismatch` naming the files of ``found`` (as :func:`version_files` names them)
+    that differ from the seal on the version; False when it carries none."""
+    sealed = (c.get_model_version(model, version).tags or {}).get(SEAL_TAG)
+    if sealed is None:
+        return False
+    if problems := C.digest_problems(json.loads(sealed), found, whole="model/"):
+        raise DigestMismatch(
+            f"{model} v{version}: files differ from the gate's seal ({SEAL_TAG}): {'; '.join(problems)}. "
+            "The artifact store was changed after the gate sealed them; refusing to use them"
+        )
+    return True
 
 
-def seal(c: MlflowClient, model: str, version: str) -> str:
-    """Record the model directory's digest on ``version`` (or check the one already recorded)."""
+def seal(c: MlflowClient, model: str, version: str) -> None:
+    """Record the sha256 of every file of ``version`` (:func:`version_files`) on it, or check the seal
+    it already carries. The gate seals each candidate before judging it; promotion and rollback check."""
     with tempfile.TemporaryDirectory(prefix="textclf-seal-") as tmp:
-        mv = c.get_model_version(model, version)
-        model_dir = download_model_dir(c, str(mv.source), Path(tmp))
-        if (recorded := check_digest(c, model, version, model_dir)) is not None:
-            return recorded
-        digest = dir_digest(model_dir)
-    c.set_model_version_tag(model, version, DIGEST_TAG, digest)
-    return digest
+        found = version_files(c, model, version, Path(tmp))[2]
+    if not check_seal(c, model, version, found):
+        c.set_model_version_tag(model, version, SEAL_TAG, json.dumps(found, sort_keys=True))
 
 
 def _record(c: MlflowClient, model: str, version: str, replaced: str | None, via: str, reason: str) -> None:
