@@ -26,8 +26,8 @@ import yaml
 
 from textclf.config import apply_overrides, load_config
 from textclf.evaluate import metrics as M
-from textclf.evaluate.baseline import train_baseline
 from textclf.gate.stats import mcnemar_exact
+from textclf.model.ngram import train_ngram
 from textclf.model.predictor import Predictor
 from textclf.train.trainer import train_model
 
@@ -60,8 +60,10 @@ def main() -> None:
         result = train_model(cfg, train, val, model_dir, a.out / "ckpt", base_models=cfg.paths.base_models)
         row |= {"train_s": round(time.perf_counter() - start), "steps": result.global_step}
     predictor = Predictor(model_dir, device="cpu")
+    row["dir_family"] = "encoder" if predictor.blend is None else f"blend w {predictor.blend.weight}"
+    predictor.blend = None  # the encoder alone: the blend is chosen again below, the same way
     labels = predictor.labels
-    baseline = train_baseline(train["text"], train["label"], cfg.evaluate.baseline, labels)
+    baseline = train_ngram(train["text"], train["label"], cfg.evaluate.baseline, labels)
     proba, gold = {}, {}
     for name, split in (("val", val), ("test", test)):
         gold[name] = M.encode_labels(split["label"].tolist(), labels)

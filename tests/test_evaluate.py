@@ -12,8 +12,8 @@ import pytest
 from projects import params, section
 from textclf.errors import DataError
 from textclf.evaluate import metrics as M
-from textclf.evaluate.baseline import train_baseline
 from textclf.evaluate.report import evaluate_model_and_baseline, numeric_metrics, score_split
+from textclf.model.ngram import train_ngram
 
 BIN = ["negative", "positive"]
 
@@ -222,25 +222,23 @@ def test_baseline_learns_separable_toy_set_and_is_deterministic() -> None:
     test_x, test_y = _toy_sentiment(30, seed=1)
     cfg = section("evaluate.baseline", ngram_min=1, ngram_max=2, C=4.0, max_iter=500)
     labels = ["positive", "negative"]  # deliberately not sklearn's sorted order
-    model = train_baseline(train_x, train_y, cfg, labels)
+    model = train_ngram(train_x, train_y, cfg, labels)
     proba = model.predict_proba(test_x)
     assert proba.shape == (30, 2)
     assert np.allclose(proba.sum(axis=1), 1.0)
     acc = np.mean([labels[i] == y for i, y in zip(proba.argmax(axis=1), test_y, strict=True)])
     assert acc > 0.9
-    again = train_baseline(train_x, train_y, cfg, labels).predict_proba(test_x)
+    again = train_ngram(train_x, train_y, cfg, labels).predict_proba(test_x)
     assert np.array_equal(proba, again)
     assert model.predict_proba([]).shape == (0, 2)
 
 
 def test_baseline_unseen_label_gets_zero_and_one_class_fails() -> None:
     train_x, train_y = _toy_sentiment(20, seed=0)
-    model = train_baseline(
-        train_x, train_y, section("evaluate.baseline"), ["negative", "neutral", "positive"]
-    )
+    model = train_ngram(train_x, train_y, section("evaluate.baseline"), ["negative", "neutral", "positive"])
     assert np.all(model.predict_proba(train_x[:3])[:, 1] == 0.0)
     with pytest.raises(DataError, match="two classes"):
-        train_baseline(train_x[:1], train_y[:1], section("evaluate.baseline"), BIN)
+        train_ngram(train_x[:1], train_y[:1], section("evaluate.baseline"), BIN)
 
 
 # --------------------------------------------------------------------------- files

@@ -519,17 +519,22 @@ def test_file_lock_excludes_a_second_writer(tmp_path: Path) -> None:
 INFRA = {"enabled": True, "golden_texts": 40, "concurrency": 4, "start_timeout_s": 120}
 
 
-def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage) -> None:  # noqa: ANN001
-    """Test-side fault injection: damage the model directory once it is in the BentoML model store."""
+def _tamper_store(monkeypatch: pytest.MonkeyPatch, damage, stored: bool = True) -> None:  # noqa: ANN001
+    """Test-side fault injection: damage the model directory once it is in the BentoML model store
+    (``stored``: the service's own file check refuses it), or the served directory just before it is
+    imported (after the gate loaded its offline predictor: the Bento is consistent but differs)."""
     import bentoml
 
     from textclf.serving import release
 
     real = release.import_model_dir  # where packaging calls it
 
-    def tampered(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        tag = real(*args, **kwargs)
-        damage(Path(bentoml.models.get(tag).path))
+    def tampered(model_dir, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if not stored:
+            damage(Path(model_dir))
+        tag = real(model_dir, *args, **kwargs)
+        if stored:
+            damage(Path(bentoml.models.get(tag).path))
         return tag
 
     monkeypatch.setattr(release, "import_model_dir", tampered)
@@ -605,7 +610,7 @@ def test_infra_validation_failure_keeps_the_champion(
     v1 = _register(project, cfg, "good")
     R.move_champion(c, name, v1, expected=None, via="manual", reason="a champion to keep")
     _register(project, cfg, "copy")
-    _tamper_store(monkeypatch, damage)
+    _tamper_store(monkeypatch, damage, stored=expected != "agree with offline")
     outcome = run_gate(cfg, root)
     row = {x.name: x for x in outcome.decision.criteria}["infra_validation"]
     assert not outcome.promoted and not row.passed and expected in row.detail, row.detail

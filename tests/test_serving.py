@@ -117,10 +117,17 @@ PARITY = {"accuracy": 0.9, "macro_f1": 0.89, "agreement": 1.0, "p95_ms": 1.5, "s
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from textclf.data.normalize import normalize
     from textclf.evaluate.variants import export_onnx
+    from textclf.model.blend import Blend
+    from textclf.model.ngram import train_ngram
 
     out = _make_model_dir(tmp_path_factory.mktemp("model"))
     export_onnx(out, out)
+    # model.family blend: the service code serves it as it serves an encoder
+    texts = [normalize(t, section("prepare.normalize")) for t in _texts(300, seed=5)]
+    labels = [LABELS[len(t) % len(LABELS)] for t in texts]
+    Blend(0.5, train_ngram(texts, labels, section("evaluate.baseline"), LABELS)).save(out, {})
     (out / RUNTIME_FILE).write_text(json.dumps({"runtime": "onnx", "parity": PARITY}))
     return out
 
@@ -233,7 +240,7 @@ def test_served_predictions_equal_offline(server: str, model_dir: Path, built: d
     torch.set_num_threads(1)
     texts = _texts(200)
     offline = Predictor(model_dir).predict(texts)  # the runtime the directory names: onnx
-    assert Predictor(model_dir).runtime == "onnx"
+    assert Predictor(model_dir).runtime == "onnx" and Predictor(model_dir).blend is not None
     served: list[dict] = []
     with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
         step = SERVE.max_texts_per_request

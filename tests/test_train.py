@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers import TrainerCallback  # noqa: E402
 
-from projects import section
+from projects import section  # noqa: E402
 from textclf.config import apply_overrides, load_config  # noqa: E402
 from textclf.errors import DataError, ModelSourceError  # noqa: E402
 from textclf.model.build import build_classifier, build_tokenizer  # noqa: E402
@@ -151,6 +152,38 @@ def test_train_saves_standard_dir_and_predictor_round_trips(trained, frames):
     accuracy = sum(a == b for a, b in zip(labels, val["label"], strict=True)) / len(labels)
     assert accuracy >= 0.9
     assert trained.best["val_accuracy"] == pytest.approx(accuracy)
+
+
+def test_each_family_round_trips_through_the_predictor(trained, frames, tmp_path):
+    """ngram: save -> load gives the same probabilities; blend: the n-gram part and the encoder's weight
+    (chosen on val) in the encoder's directory, and the Predictor serves w * encoder + (1 - w) * ngram;
+    when val picks the encoder alone (weight 1) the directory stays an encoder."""
+    from textclf.model.blend import BLEND_FILE
+    from textclf.model.ngram import NgramModel, train_ngram
+    from textclf.train.blend import fit_blend
+
+    train, val = frames
+    cfg = tiny_config()
+    encoder = Predictor(trained.model_dir, device="cpu")
+    texts = encoder.normalize(val["text"].tolist())
+    ngram = train_ngram(
+        train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, encoder.labels
+    )
+    ngram.save(tmp_path / "ngram")
+    np.testing.assert_array_equal(
+        NgramModel.load(tmp_path / "ngram").predict_proba(texts), ngram.predict_proba(texts)
+    )
+
+    for weight in (0.3, 1.0):
+        model_dir = shutil.copytree(trained.model_dir, tmp_path / f"w{weight}")
+        figures = fit_blend(
+            apply_overrides(cfg, {"model": {"blend_weights": [weight]}}), model_dir, train, val
+        )
+        assert figures["blend_weight"] == weight
+        assert (model_dir / BLEND_FILE).is_file() == (weight < 1.0)
+        got = Predictor(model_dir, device="cpu").predict_proba(texts)[0]
+        want = weight * encoder.predict_proba(texts)[0] + (1 - weight) * ngram.predict_proba(texts)
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_train_result_reports_history_and_efficiency(trained):

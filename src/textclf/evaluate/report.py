@@ -31,8 +31,8 @@ from textclf.data.io import write_csv
 from textclf.data.prepare import read_split
 from textclf.evaluate import metrics as M
 from textclf.evaluate import plots
-from textclf.evaluate.baseline import train_baseline
 from textclf.evaluate.variants import score_variants
+from textclf.model.ngram import train_ngram
 from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def evaluate_model_and_baseline(
     baseline = None
     if cfg.evaluate.baseline.enabled:
         train = read_split(prepared_dir, "train")
-        model = train_baseline(train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, labels)
+        model = train_ngram(train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, labels)
         baseline = score_split(
             test, model.predict_proba(test["text"].tolist()), labels, cfg.evaluate, out_dir, C.BASELINE_PREFIX
         )

@@ -25,6 +25,7 @@ import textclf.model.pooling  # noqa: F401  (registers model.pooling: mean's typ
 from textclf.config import NormalizeConfig
 from textclf.data.normalize import normalize
 from textclf.errors import ModelSourceError
+from textclf.model.blend import load_blend
 
 PREPROCESSING_FILE = "textclf_preprocessing.json"
 RUNTIME_FILE = "textclf_runtime.json"  # {"runtime": ..., "parity": {...}}: what a served directory runs
@@ -67,7 +68,8 @@ class Prediction:
 
 
 class Predictor:
-    """Normalize → tokenize (truncate to max_length) → forward on the runtime → softmax.
+    """Normalize → tokenize (truncate to max_length) → forward on the runtime → softmax → mixed with
+    the n-gram part when the directory holds a blend (textclf.model.blend).
 
     ``runtime`` defaults to the one ``textclf_runtime.json`` names (torch without it); ONNX files are
     read from ``onnx_dir`` (default: the model directory). ``threads`` caps ONNX Runtime's intra-op
@@ -103,6 +105,7 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if gpu else "cpu"))
         id2label = AutoConfig.from_pretrained(model_dir).id2label
         self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
+        self.blend = load_blend(model_dir, self.labels)  # None: the encoder alone (model.family encoder)
         self.model: Any = None
         self.session: Any = None
         if self.runtime in ONNX_FILES:
@@ -135,7 +138,8 @@ class Predictor:
             probs.append(torch.softmax(self._logits(enc).float(), dim=-1).cpu().numpy())
         if not probs:
             return np.zeros((0, len(self.labels)), dtype=np.float32), []
-        return np.concatenate(probs), truncated
+        out = np.concatenate(probs)
+        return (out if self.blend is None else self.blend.mix(out, clean)), truncated
 
     def _encode(self, chunk: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
         """One tokenizer call: ids cut to ``max_length``, and which texts were cut (they overflowed)."""

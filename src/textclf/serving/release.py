@@ -23,6 +23,7 @@ from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
 from textclf.evaluate.variants import resolve_runtime
+from textclf.model.blend import BLEND_FILE
 from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE, Predictor
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
@@ -115,11 +116,17 @@ def _card_numbers(c: MlflowClient, mv: Any, model_dir: Path, runtime: str, figur
         for who, p in (("this model (fp32)", C.TEST_PREFIX), ("TF-IDF baseline", f"baseline_{C.TEST_PREFIX}"))
     ]
     served = ", ".join(f"{k} {v:.4g}" for k, v in sorted(figures.items()) if isinstance(v, int | float))
+    blend = model_dir / BLEND_FILE
+    family = "encoder"
+    if blend.is_file():
+        w = json.loads(blend.read_text(encoding="utf-8"))["weight"]
+        family = f"blend: {w:g} x encoder + {1 - w:g} x char n-gram TF-IDF model (weight chosen on val)"
     card = model_dir / "README.md"
     text = card.read_text(encoding="utf-8") if card.is_file() else f"# {mv.name} v{mv.version}\n"
     card.write_text(
         "\n".join([text.rstrip("\n"), "", f"## Evaluation of {mv.name} v{mv.version} (textclf)", "",
                    "Test split of the run that trained it (evaluate stage):", "",
+                   f"Model family: {family}", "",
                    "| model | accuracy | macro-F1 |", "| --- | --- | --- |", *rows, "",
                    f"Gate: {mv.description or 'not judged'}", "",
                    f"Served runtime: {runtime}" + (f" ({served})" if served else ""), ""]),

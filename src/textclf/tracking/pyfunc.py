@@ -41,6 +41,8 @@ RUNTIME_PACKAGES = (
     "numpy",
     "pandas",
     "pydantic",
+    "scikit-learn",  # model.family blend
+    "joblib",
     "pyyaml",
 )
 

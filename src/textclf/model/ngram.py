@@ -1,7 +1,8 @@
-"""TF-IDF character n-gram + logistic regression baseline.
+"""The n-gram family: TF-IDF character n-grams + logistic regression (settings: evaluate.baseline).
 
-Trained on the same prepared (already normalized) train split as the transformer and scored on the
-same test split, so "did the transformer beat a linear model?" is answered on every run.
+Two uses: the baseline, trained on the same prepared (already normalized) train split as the encoder
+and scored on the same test split, so "did the encoder beat a linear model?" is answered on every run;
+and the n-gram part of a blend (textclf.model.blend), saved inside the model directory.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import joblib
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -21,10 +24,24 @@ from textclf.errors import DataError
 log = logging.getLogger(__name__)
 
 
+NGRAM_FILE = "ngram.joblib"  # a fitted NgramModel, in the folder it was saved to
+
+
 @dataclass(frozen=True)
-class BaselineModel:
+class NgramModel:
     pipeline: Pipeline
     labels: tuple[str, ...]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"pipeline": self.pipeline, "labels": list(self.labels)}, folder / NGRAM_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> NgramModel:
+        """Only from a folder the pipeline wrote (joblib runs code from the file): the gate's seal
+        covers it like every other file of a model directory."""
+        raw = joblib.load(folder / NGRAM_FILE)
+        return cls(pipeline=raw["pipeline"], labels=tuple(raw["labels"]))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities (n, len(labels)) in ``labels`` order; a label unseen in training gets 0."""
@@ -60,9 +77,9 @@ def build_pipeline(cfg: BaselineConfig) -> Pipeline:
     )
 
 
-def train_baseline(
+def train_ngram(
     train_texts: Sequence[str], train_labels: Sequence[str], cfg: BaselineConfig, labels: Sequence[str]
-) -> BaselineModel:
+) -> NgramModel:
     """Fit the baseline on the train split; ``labels`` fixes the column order of ``predict_proba``."""
     labels = tuple(labels)
     train_texts, train_labels = list(train_texts), [str(y) for y in train_labels]
@@ -84,4 +101,4 @@ def train_baseline(
         len(train_texts),
         len(pipeline.named_steps["tfidf"].vocabulary_),
     )
-    return BaselineModel(pipeline=pipeline, labels=labels)
+    return NgramModel(pipeline=pipeline, labels=labels)
