@@ -323,11 +323,15 @@ def test_a_model_changed_after_the_gate_is_refused(project: dict, tmp_path: Path
     """The gate seals every file of a version (its model directory and its run's variant files: sha256
     by path in a version tag); a file changed in the artifact store afterwards makes packaging and a
     rollback to it fail naming the file, and nothing moves."""
-    from textclf.serving.release import served_model_dir
+    from textclf.serving.release import lineage_labels, served_model_dir
 
     cfg, root, c = _cfg("m-digest"), project["root"], project["client"]
     v1 = _register(project, cfg, "variant")
+    run_id = project["runs"]["variant"]
+    c.set_tag(run_id, "textclf.git_commit", "cafe")
     promote(cfg, root, v1, force=True, reason="seal it")
+    c.set_tag(run_id, "textclf.git_commit", "forged")  # run tags stay the trainer's to write
+    assert lineage_labels(c, "m-digest", v1)["git_commit"] == "cafe"  # packaging labels the snapshot
     sealed = json.loads(c.get_model_version("m-digest", v1).tags[R.SEAL_TAG])
     assert {"model/model.safetensors", "model/textclf_preprocessing.json", "variants/model.onnx"} <= set(
         sealed

@@ -32,7 +32,7 @@ from textclf.gate.decision import reason as reason_line
 from textclf.gate.evidence import score_version
 from textclf.gate.infra import validate_candidate
 from textclf.serving.package import label_bento
-from textclf.serving.release import ServedModel
+from textclf.serving.release import ServedModel, snapshot_lineage
 from textclf.tracking import registry as R
 from textclf.tracking.store import client as make_client
 from textclf.tracking.store import gate_account, tracking_uri
@@ -124,6 +124,7 @@ def run_gate(
     log.info("gate: candidate v%s vs champion %s on %d test rows", cand, champion, len(test))
     if not dry_run:
         R.seal(c, model, cand)  # the files judged below are these: packaging and rollback check them
+        snapshot_lineage(c, model, cand)  # and the lineage packaging labels them with
     with tempfile.TemporaryDirectory(prefix="textclf-gate-") as tmp:
         # the candidate as its Bento will serve it (runtime and latency budget included): built once,
         # then judged, served in infra validation and packaged
@@ -291,6 +292,7 @@ def promote(cfg: Config, root: Path, version: str, *, force: bool, reason: str) 
         return outcome
     c, model = make_client(cfg, root), cfg.mlflow.registered_model
     R.require_version(c, model, version)
+    snapshot_lineage(c, model, version)
     with R.registry_lock(tracking_uri(cfg, root), model, cfg.gate.registry):
         current = R.alias(c, model, R.CHAMPION)
         return R.move_champion(c, model, version, expected=current, via="forced", reason=reason)  # settles

@@ -50,18 +50,40 @@ def _version(c: object, model: str, ref: str) -> str:
     return version
 
 
-def lineage_labels(c: object, model: str, version: str) -> dict[str, str]:
-    mv = c.get_model_version(model, version)  # type: ignore[attr-defined]
-    tags = c.get_run(mv.run_id).data.tags if mv.run_id else {}  # type: ignore[attr-defined]
+LINEAGE_PREFIX = "textclf.lineage."  # version tags: the run's lineage tags as the gate first saw them
+
+
+def _run_lineage(c: Any, run_id: str | None) -> dict[str, str]:
+    tags = c.get_run(run_id).data.tags if run_id else {}
+    return {
+        k.removeprefix("textclf."): v
+        for k, v in tags.items()
+        if k.startswith("textclf.") and not k.startswith(("textclf.gate", "textclf.dvc_lock"))
+    }
+
+
+def snapshot_lineage(c: MlflowClient, model: str, version: str) -> None:
+    """Copy the run's lineage tags (git commit, data.dvc md5, base model, ...) onto the version, once:
+    run tags stay writable by the trainer, version tags only by the gate, so packaging reads these."""
+    mv = c.get_model_version(model, version)
+    if not any(k.startswith(LINEAGE_PREFIX) for k in mv.tags or {}):
+        for key, value in _run_lineage(c, mv.run_id).items():
+            c.set_model_version_tag(model, version, LINEAGE_PREFIX + key, value)
+
+
+def lineage_labels(c: Any, model: str, version: str) -> dict[str, str]:
+    mv = c.get_model_version(model, version)
+    tags = mv.tags or {}
+    lineage = {k.removeprefix(LINEAGE_PREFIX): v for k, v in tags.items() if k.startswith(LINEAGE_PREFIX)}
+    if not lineage:  # a version no gate has judged since lineage was snapshotted
+        lineage = _run_lineage(c, mv.run_id)
     labels = {
         "registered_model": model,
         "registered_version": version,
         "mlflow_run_id": mv.run_id,
-        "gate_decision_id": (mv.tags or {}).get(R.GATE_DECISION),
+        "gate_decision_id": tags.get(R.GATE_DECISION),
+        **{key.replace(".", "_"): value for key, value in lineage.items()},
     }
-    for key, value in tags.items():
-        if key.startswith("textclf.") and not key.startswith(("textclf.gate", "textclf.dvc_lock")):
-            labels[key.removeprefix("textclf.").replace(".", "_")] = value
     return {k: str(v) for k, v in labels.items() if v is not None}
 
 
