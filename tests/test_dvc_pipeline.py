@@ -304,3 +304,23 @@ def test_feedback_import_interrupted_is_completed_by_the_rerun(
     assert (feedback_project / "data.dvc").read_text() != md5
     status = run([str(BIN / "dvc"), "status", "data.dvc"], feedback_project).stdout
     assert "changed" not in status, status
+
+
+def test_committed_lock_matches_the_code_and_params(repo_root: Path) -> None:
+    """dvc.lock is regenerated in the commit that changes a stage's code or params (`make run`, then
+    commit dvc.lock): otherwise a fresh clone's first run rewrites every stage's deps."""
+    from contextlib import chdir
+
+    from dvc.repo import Repo
+
+    with chdir(repo_root), Repo(str(repo_root)) as repo:
+        status = repo.status()
+    stale = sorted(
+        f"{stage}: {path}"
+        for stage, entries in status.items()
+        for entry in entries
+        if isinstance(entry, dict)
+        for path, what in entry.get("changed deps", {}).items()
+        if path.startswith(("src/", "flows/")) or path.endswith("params.yaml")
+    )
+    assert not stale, "dvc.lock is stale (rerun `make run` and commit dvc.lock): " + ", ".join(stale)
