@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from projects import Webhook, run
+from projects import Webhook, params, run
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,11 @@ _spec.loader.exec_module(deploy)
 
 TOKEN = "ghp_textclfTestToken0123456789"
 ORIGIN = f"https://x-access-token:{TOKEN}@git.example.invalid/team/textclf.git"
+
+
+def _full(overrides: dict) -> str:
+    """The repository's params.yaml with ``overrides``: every key is required."""
+    return yaml.safe_dump(params(overrides).model_dump(mode="json"), allow_unicode=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +69,9 @@ def test_a_token_in_the_origin_goes_into_a_secret_block_not_the_deployment(
         "from prefect import flow\n\n\n@flow(name='monitor')\n"
         "def monitor_flow(since_minutes: float = 60, params: str = 'params.yaml') -> None:\n    pass\n"
     )
-    (checkout / "params.yaml").write_text("{}\n")
+    (checkout / "params.yaml").write_text(_full({}))
     (checkout / "missing-notifier.yaml").write_text(
-        yaml.safe_dump({"flow": {"notification_block": "custom-webhook/nobody-saved-this"}})
+        _full({"flow": {"notification_block": "custom-webhook/nobody-saved-this"}})
     )
     run(["git", "init", "-q", "-b", "main"], checkout)
     run(["git", "add", "-A"], checkout)
@@ -131,7 +136,7 @@ def failing_flow(harness):
 
 
 def _params(project: Path, block: str) -> str:
-    (project / "params.yaml").write_text(yaml.safe_dump({"flow": {"notification_block": block}}))
+    (project / "params.yaml").write_text(_full({"flow": {"notification_block": block}}))
     return str(project)
 
 
