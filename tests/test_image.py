@@ -73,6 +73,21 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 def _run_container(image: dict) -> tuple[str, str, float]:
+    """Start the image on the host network; a port taken between picking and binding it (other tiers
+    start servers beside this one) gets a new port, up to three times."""
+    for _attempt in range(3):
+        try:
+            return _try_container(image)
+        except PortTaken as err:
+            subprocess.run(["docker", "rm", "-f", str(err)], env=image["env"], capture_output=True)
+    return _try_container(image)
+
+
+class PortTaken(Exception):
+    """The container's port was bound by another process first (the message is the container's name)."""
+
+
+def _try_container(image: dict) -> tuple[str, str, float]:
     from textclf.serving.package import free_port
 
     port = free_port()
@@ -105,8 +120,18 @@ def _run_container(image: dict) -> tuple[str, str, float]:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return name, base, time.monotonic() - start
         except httpx.HTTPError:
+            running = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Running}}", name],
+                env=image["env"],
+                capture_output=True,
+                text=True,
+            )
+            if running.stdout.strip() == "false":  # it exited: no point waiting for it
+                break
             time.sleep(0.5)
     logs = subprocess.run(["docker", "logs", name], env=image["env"], capture_output=True, text=True)
+    if "Address already in use" in logs.stdout + logs.stderr:
+        raise PortTaken(name)
     raise AssertionError(f"container not ready:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
 
 
