@@ -8,8 +8,9 @@ Services (``compose.yaml`` runs the same ones with the same variable names):
 
 - ``postgres``: a private PostgreSQL 15 cluster (``initdb --auth=scram-sha-256``; never the system
   cluster); roles and databases ``mlflow`` (+ ``mlflow_auth``) and ``prefect``, none of them superuser;
-- ``s3``: moto's standalone server as the S3 endpoint (buckets ``textclf-mlflow``, ``textclf-dvc``,
-  both versioned); swap in MinIO or AWS by changing ``AWS_ENDPOINT_URL`` and the credentials;
+- ``s3``: ``flows/s3_plane.py``, moto's S3 with IAM enforced on every request (buckets ``textclf-mlflow``,
+  ``textclf-dvc``, both versioned; one key and policy per holder, :data:`S3_POLICIES`); swap in MinIO or
+  AWS by changing ``AWS_ENDPOINT_URL`` and the credentials;
 - ``mlflow``: ``mlflow server --app-name basic-auth`` on PostgreSQL, artifacts proxied to S3; accounts
   ``gate``, ``trainer`` and ``reader`` (docs/security.md);
 - ``prefect-server``: ``prefect server start`` on PostgreSQL with an API auth string, CORS limited to
@@ -19,7 +20,7 @@ Services (``compose.yaml`` runs the same ones with the same variable names):
 
 State lives in ``.stack/`` (git-ignored, mode 0700): ``state.json`` (ports; pids with their start
 times), ``env`` (the exports, 0600), ``secrets/`` (generated, one 0600 file each), logs.
-moto keeps S3 in memory: objects live as long as its process.
+moto keeps S3 in memory: objects live as long as its process (and S3 keys are read when it starts).
 """
 
 from __future__ import annotations
@@ -61,8 +62,25 @@ REGION = "us-east-1"
 # holds more than READ on it: the gate registers versions, moves aliases and writes the version tags
 # (deleting @challenger needs MANAGE); the trainer logs runs and models in the experiment.
 ACCOUNTS = {"gate": ("EDIT", "MANAGE"), "trainer": ("EDIT", "READ"), "reader": ("READ", "READ")}
-# S3 access key ids per holder; moto accepts any key and enforces no IAM policy (docs/scale-out.md)
-S3_KEYS = {"mlflow": "textclf-mlflow-server", "worker": "textclf-worker", "client": "textclf-client"}
+# S3 access key ids per holder, and the IAM policy of each (flows/s3_plane.py checks every request):
+# the MLflow server reads and writes the artifact bucket, the worker and clients the DVC bucket (compose
+# gives MinIO's users the same documents); only the operator deletes object versions or changes a bucket
+S3_KEYS = {
+    "mlflow": "textclf-mlflow-server",
+    "worker": "textclf-worker",
+    "client": "textclf-client",
+    "operator": "textclf-operator",
+}
+_POLICIES = Path(__file__).resolve().parents[1] / "docker" / "minio"
+S3_POLICIES = {
+    "mlflow": _POLICIES / "textclf-mlflow.json",
+    "worker": _POLICIES / "textclf-dvc.json",
+    "client": _POLICIES / "textclf-dvc.json",
+    "operator": {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": ["*"]}],
+    },
+}
 # passed from the caller to the worker when set: locale, and a development checkout's source path
 WORKER_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "PYTHONPATH")
 
@@ -417,28 +435,21 @@ class Stack:
         self._psql("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")  # the superuser's maintenance db
 
     def _s3(self) -> None:
-        import boto3
-
-        url = f"http://127.0.0.1:{self.ports['s3']}"
-        cmd = [
-            str(Path(sys.executable).parent / "moto_server"),
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(self.ports["s3"]),
-        ]
-        self._start("s3", cmd, self._http_ok(url), 60, env=self._env({}))
-        key = self._s3_key("mlflow")
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            aws_access_key_id=key["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=key["AWS_SECRET_ACCESS_KEY"],
-            region_name=REGION,
-        )
-        for bucket in (MLFLOW_BUCKET, DVC_BUCKET):
-            s3.create_bucket(Bucket=bucket)
-            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        """The S3 plane (flows/s3_plane.py): its users, keys, policies and buckets come from a 0600 file
+        it reads before listening; the keys are the ones on file when it starts."""
+        users = {
+            holder: {
+                "key_id": S3_KEYS[holder],
+                "secret": self.secret(f"s3-{holder}"),
+                "policy": policy if isinstance(policy, dict) else json.loads(policy.read_text()),
+            }
+            for holder, policy in S3_POLICIES.items()
+        }
+        spec = self.dir / "secrets" / "s3-users.json"
+        _write_private(spec, json.dumps({"buckets": [MLFLOW_BUCKET, DVC_BUCKET], "users": users}))
+        port = str(self.ports["s3"])
+        cmd = [sys.executable, str(Path(__file__).with_name("s3_plane.py")), "127.0.0.1", port, str(spec)]
+        self._start("s3", cmd, self._http_ok(f"http://127.0.0.1:{port}"), 60, env=self._env({}))
 
     def _mlflow(self) -> None:
         port = str(self.ports["mlflow"])
@@ -513,7 +524,8 @@ class Stack:
             "",
             f"MLflow UI   http://127.0.0.1:{p['mlflow']}  (accounts: {', '.join(ACCOUNTS)}, admin)",
             f"Prefect UI  http://127.0.0.1:{p['prefect-server']}  (basic auth: {self.dir / 'env'})",
-            f"S3          http://127.0.0.1:{p['s3']}  (buckets {MLFLOW_BUCKET}, {DVC_BUCKET}, versioned)",
+            f"S3          http://127.0.0.1:{p['s3']}  (buckets {MLFLOW_BUCKET}, {DVC_BUCKET}, versioned; "
+            f"operator key {S3_KEYS['operator']}, secret in secrets/s3-operator)",
             f"PostgreSQL  postgresql://{PG_SUPERUSER}@127.0.0.1:{p['postgres']}  (databases mlflow, prefect; "
             "scram-sha-256)",
             f"Secrets     {self.dir / 'secrets'}  (0600 files)",

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -197,14 +198,8 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     assert tags["textclf.prefect_flow_run_id"] == str(fr.id)
     assert tags["textclf.git_commit"] == run(["git", "rev-parse", "HEAD"], a).stdout.strip()
     assert run_.inputs.dataset_inputs, "the run logs its dataset inputs"
-    import boto3
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=senv["AWS_ENDPOINT_URL"],
-        aws_access_key_id=senv["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=senv["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = _s3_as(s, "operator")  # the stores as they are: only the operator's key lists the MLflow bucket
 
     def keys(bucket: str) -> list[str]:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -262,6 +257,10 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     with _Timer("refusals"):
         _refusals(s, cc, fr.id)
 
+    # 6b. the S3 plane: no key, a random key, the admin routes, and our keys beyond their scope
+    with _Timer("S3 refusals"):
+        _s3_refusals(s, s3, champion)
+
     # 7. the monitor deployment on the pool finds drift and starts a training that completes in the
     # worker's own clone (its flow run gets no project_dir of the monitor's)
     with _Timer("monitor on the pool: drift starts a training on the worker"):
@@ -270,6 +269,7 @@ def test_training_on_a_worker_of_the_real_stack(stack, tmp_path: Path, repo_root
     # 8. the champion's weights changed in the MLflow bucket after the gate: packaging refuses them
     with _Timer("tampered model refused"):
         _tampered_champion_refused(s, cc, s3)
+    print("stack test: refusals (plane, caller, operation -> status)", json.dumps(REFUSALS, indent=1))
     print("stack test times:", json.dumps(TIMES))
 
 
@@ -596,7 +596,106 @@ def _refusals(stack, cc: Path, flow_run_id) -> None:  # noqa: ANN001
         text = log.read_text(errors="replace")
         assert not [x for x in secrets if x in text], f"a secret in {log.name}"
     assert stat.S_IMODE((stack.dir / "env").stat().st_mode) == 0o600
-    print("stack test: refusals", json.dumps(REFUSALS))
+
+
+def _s3_as(stack, holder: str | None, secret: str | None = None):  # noqa: ANN001, ANN202 - boto3 client
+    """A boto3 S3 client of the stack's ``holder`` key (None: a stranger's random key)."""
+    import boto3
+    from botocore.config import Config
+
+    key_id = S.S3_KEYS[holder] if holder else "AKIA" + secrets.token_hex(8).upper()
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.client_env()["AWS_ENDPOINT_URL"],
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret or (stack.secret(f"s3-{holder}") if holder else secrets.token_hex(20)),
+        region_name=S.REGION,
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def _s3_refusals(stack, s3, champion) -> None:  # noqa: ANN001
+    """Every S3 request is checked: anonymous and random-key list/get/put/delete 403, moto's admin routes
+    403, the worker's key 403 on the champion's objects, nobody but the operator deletes a version or
+    changes a bucket. The champion's weights are unchanged at the end (one version, same bytes)."""
+    from botocore.exceptions import ClientError
+
+    model_id = champion.source.removeprefix("models:/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="textclf-mlflow")
+    weights = next(
+        o["Key"]
+        for p in pages
+        for o in p.get("Contents", [])
+        if model_id in o["Key"] and o["Key"].endswith(".safetensors")
+    )
+    versions = s3.list_object_versions(Bucket="textclf-mlflow", Prefix=weights)["Versions"]
+    body, version = (
+        s3.get_object(Bucket="textclf-mlflow", Key=weights)["Body"].read(),
+        versions[0]["VersionId"],
+    )
+    url = stack.client_env()["AWS_ENDPOINT_URL"]
+
+    def refused(what: str, call) -> None:  # noqa: ANN001
+        try:
+            call()
+        except ClientError as err:
+            status = err.response["ResponseMetadata"]["HTTPStatusCode"]
+        else:
+            status = 200
+        REFUSALS[f"s3 {what}"] = status
+        assert status == 403, what
+
+    for m, path in (
+        ("GET", "/"),
+        ("GET", "/textclf-mlflow"),
+        ("GET", f"/textclf-mlflow/{weights}"),
+        ("PUT", f"/textclf-mlflow/{weights}"),
+        ("DELETE", f"/textclf-mlflow/{weights}"),
+        ("POST", "/moto-api/reset"),
+        ("POST", "/moto-api/reset-auth"),
+        ("GET", "/moto-api/data.json"),
+    ):
+        status = httpx.request(
+            m, url + path, content=b"evil" if m in ("PUT", "POST") else None, timeout=30
+        ).status_code
+        REFUSALS[f"s3 no key {m} {path.replace(weights, '<champion weights>')}"] = status
+        assert status == 403, (m, path, status)
+    stranger = _s3_as(stack, None)
+    refused("random key list buckets", stranger.list_buckets)
+    refused("random key list", lambda: stranger.list_objects_v2(Bucket="textclf-mlflow"))
+    refused("random key get weights", lambda: stranger.get_object(Bucket="textclf-mlflow", Key=weights))
+    refused(
+        "random key put weights", lambda: stranger.put_object(Bucket="textclf-mlflow", Key=weights, Body=b"x")
+    )
+    refused("random key delete weights", lambda: stranger.delete_object(Bucket="textclf-mlflow", Key=weights))
+    wrong = _s3_as(stack, "worker", secret="not-the-workers-secret")
+    refused("worker key, wrong secret, list", lambda: wrong.list_objects_v2(Bucket="textclf-dvc"))
+    worker = _s3_as(stack, "worker")
+    refused("worker list MLflow bucket", lambda: worker.list_objects_v2(Bucket="textclf-mlflow"))
+    refused("worker get weights", lambda: worker.get_object(Bucket="textclf-mlflow", Key=weights))
+    refused("worker put weights", lambda: worker.put_object(Bucket="textclf-mlflow", Key=weights, Body=b"x"))
+    refused("worker delete weights", lambda: worker.delete_object(Bucket="textclf-mlflow", Key=weights))
+    refused(
+        "worker suspend versioning (DVC bucket)",
+        lambda: worker.put_bucket_versioning(
+            Bucket="textclf-dvc", VersioningConfiguration={"Status": "Suspended"}
+        ),
+    )
+    dvc_key = next(o["Key"] for o in worker.list_objects_v2(Bucket="textclf-dvc")["Contents"])
+    dvc_version = s3.list_object_versions(Bucket="textclf-dvc", Prefix=dvc_key)["Versions"][0]["VersionId"]
+    refused(
+        "worker delete an object version (DVC bucket)",
+        lambda: worker.delete_object(Bucket="textclf-dvc", Key=dvc_key, VersionId=dvc_version),
+    )
+    server = _s3_as(stack, "mlflow")
+    refused(
+        "MLflow server key delete the weights' version",
+        lambda: server.delete_object(Bucket="textclf-mlflow", Key=weights, VersionId=version),
+    )
+    refused("MLflow server key list DVC bucket", lambda: server.list_objects_v2(Bucket="textclf-dvc"))
+    assert s3.list_object_versions(Bucket="textclf-mlflow", Prefix=weights)["Versions"] == versions
+    assert s3.get_object(Bucket="textclf-mlflow", Key=weights)["Body"].read() == body
+    assert s3.get_bucket_versioning(Bucket="textclf-dvc")["Status"] == "Enabled"
 
 
 def _tampered_champion_refused(stack, cc: Path, s3) -> None:  # noqa: ANN001
