@@ -201,6 +201,32 @@ def test_compose_refuses_anonymous_callers(compose: dict) -> None:
     assert not [k for k in wenv if "DATABASE" in k or k.startswith(("PG", "MLFLOW_BACKEND", "MINIO"))]
     assert wenv["AWS_ACCESS_KEY_ID"] == s["WORKER_S3_ACCESS_KEY_ID"]
     assert s["MLFLOW_ADMIN_PASSWORD"] not in wenv.values()
+    # the S3 users are scoped like MinIO's (docker/minio/*.json): the worker's key reaches the DVC
+    # bucket only, and nothing unsigned is served
+    import boto3
+    from botocore.exceptions import ClientError
+
+    worker = boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9000",
+        aws_access_key_id=s["WORKER_S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=s["WORKER_S3_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    worker.list_objects_v2(Bucket="textclf-dvc")  # its own bucket (the flow run below pushes to it)
+    with pytest.raises(ClientError) as denied:
+        worker.list_objects_v2(Bucket="textclf-mlflow")
+    assert (
+        got(
+            "s3 worker key lists the MLflow bucket",
+            denied.value.response["ResponseMetadata"]["HTTPStatusCode"],
+        )
+        == 403
+    )
+    assert (
+        got("s3 anonymous list", httpx.get("http://127.0.0.1:9000/textclf-mlflow", timeout=30).status_code)
+        == 403
+    )
     # compose refuses to start while a secret is unset
     partial = Path(compose["origin"]).parent / "partial.env"
     partial.write_text("".join(f"{k}={v}\n" for k, v in s.items() if k != "MLFLOW_ADMIN_PASSWORD"))

@@ -1,6 +1,6 @@
-"""Stand-in for compose.yaml's one-shot `buckets` job (minio/mc) when the S3 endpoint is moto: the two
-versioned buckets, with the root key. moto has no users or policies (no `mc admin`), so the per-service
-users scoped to one bucket (docker/minio/*.json) are not created here; docs/scale-out.md says so."""
+"""Stand-in for compose.yaml's one-shot `buckets` job (minio/mc): with the root key, the two versioned
+buckets (created if missing). The users scoped by docker/minio/*.json are created by the S3 stand-in
+itself (tests/compose/s3_standin.py): the plane provisions its users before it listens."""
 
 import os
 import time
@@ -20,7 +20,9 @@ for _attempt in range(60):  # the endpoint may still be starting
         break
     except Exception:  # noqa: BLE001 - retried
         time.sleep(1)
+existing = {b["Name"] for b in s3.list_buckets()["Buckets"]}
 for bucket in ("textclf-mlflow", "textclf-dvc"):
-    s3.create_bucket(Bucket=bucket)
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 print("buckets: textclf-mlflow, textclf-dvc (versioned)")
