@@ -60,15 +60,16 @@ def main() -> None:
         result = train_model(cfg, train, val, model_dir, a.out / "ckpt", base_models=cfg.paths.base_models)
         row |= {"train_s": round(time.perf_counter() - start), "steps": result.global_step}
     predictor = Predictor(model_dir, device="cpu")
-    row["dir_family"] = "encoder" if predictor.blend is None else f"blend w {predictor.blend.weight}"
-    predictor.blend = None  # the encoder alone: the blend is chosen again below, the same way
+    row["dir_family"] = predictor.family.describe()
+    encoder = predictor.encoder  # the encoder alone: the blend is chosen again below, the same way
+    assert encoder is not None, "train_quality compares an encoder (alone or blended) with the baseline"
     labels = predictor.labels
     baseline = train_ngram(train["text"], train["label"], cfg.evaluate.baseline, labels)
     proba, gold = {}, {}
     for name, split in (("val", val), ("test", test)):
         gold[name] = M.encode_labels(split["label"].tolist(), labels)
         proba[name] = (
-            predictor.predict_proba(split["text"].tolist(), cfg.train.eval_batch_size)[0],
+            encoder.forward(predictor.normalize(split["text"].tolist()), cfg.train.eval_batch_size)[0],
             baseline.predict_proba(split["text"].tolist()),
         )
     weights = [w / 10 for w in range(11)]

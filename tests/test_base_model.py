@@ -263,7 +263,7 @@ def test_training_path_converts_prunes_and_carries_provenance(converted, tmp_pat
     config = json.loads((model_dir / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["model_type"] == "xlm-roberta-mean"
     predictor = Predictor(model_dir)  # the mean-pooled model type loads where textclf predicts
-    assert type(predictor.model).__name__ == "MeanXLMRobertaForSequenceClassification"
+    assert type(predictor.encoder.model).__name__ == "MeanXLMRobertaForSequenceClassification"
     assert len(predictor.predict(["酒店很好"])) == 1
 
 

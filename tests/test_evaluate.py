@@ -14,6 +14,7 @@ from textclf.errors import DataError
 from textclf.evaluate import metrics as M
 from textclf.evaluate.report import evaluate_model_and_baseline, numeric_metrics, score_split
 from textclf.model.ngram import train_ngram
+from textclf.train.blend import fit_ngram
 
 BIN = ["negative", "positive"]
 
@@ -368,7 +369,8 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
     model_dir = _tiny_model_dir(tmp_path / "model", train_x + test_x, BIN, max_length=16)
     out = tmp_path / "eval"
 
-    result = evaluate_model_and_baseline(params(), model_dir, prepared, out)
+    cfg = params()
+    result = evaluate_model_and_baseline(cfg.evaluate, cfg.train.eval_batch_size, model_dir, prepared, out)
 
     assert result.transformer["n"] == 12 and result.baseline is not None
     assert result.baseline["accuracy"] > 0.9  # the markers separate the classes
@@ -389,7 +391,16 @@ def test_evaluate_model_and_baseline_end_to_end(tmp_path: Path) -> None:
     assert preds["id"].tolist() == [f"te{i}" for i in range(12)]
     assert np.allclose(preds[["prob_negative", "prob_positive"]].sum(axis=1), 1.0, atol=1e-5)
 
+    # model.family ngram: the same stage; no variant applies, parity.json (a DVC output) still exists
+    train = pd.read_parquet(prepared / "train.parquet")
+    fit_ngram(cfg.evaluate.baseline, cfg.prepare.normalize, BIN, tmp_path / "ngram", train, train)
+    ngram = evaluate_model_and_baseline(cfg.evaluate, 8, tmp_path / "ngram", prepared, tmp_path / "e2")
+    assert ngram.variants == {} and ngram.transformer["truncated_fraction"] == 0.0
+    assert ngram.transformer["macro_f1"] == pytest.approx(ngram.baseline["macro_f1"])  # the same model
+    assert json.loads((tmp_path / "e2" / "variants" / "parity.json").read_text()) == {"variants": {}}
+
 
 def test_missing_split_is_a_data_error(tmp_path: Path) -> None:
+    cfg = params()
     with pytest.raises(DataError, match="test.parquet"):
-        evaluate_model_and_baseline(params(), tmp_path / "model", tmp_path, tmp_path / "out")
+        evaluate_model_and_baseline(cfg.evaluate, 8, tmp_path / "model", tmp_path, tmp_path / "out")

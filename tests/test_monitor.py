@@ -50,7 +50,7 @@ def material() -> dict:
 def test_replayed_in_distribution_traffic_is_not_drift(material: dict) -> None:
     replay = _records(make_frame(300, seed=3), material["rng"])
     values, drifted = measure_drift(
-        replay, material["train"], material["reference"], material["tokenizer"], LABELS, params()
+        replay, material["train"], material["reference"], material["tokenizer"], LABELS, params().monitor
     )
     assert drifted == [], values
     assert (
@@ -74,7 +74,7 @@ def test_shifted_traffic_is_drift(material: dict) -> None:
         material["reference"],
         material["tokenizer"],
         LABELS,
-        params(),
+        params().monitor,
     )
     assert {"length_psi", "ngram_js", "unk_rate_increase", "predicted_class_js", "confidence_drop"} <= set(
         drifted
@@ -87,7 +87,7 @@ def test_hashed_texts_measure_what_they_can(material: dict) -> None:
         for r in _records(make_frame(100, seed=4), material["rng"])
     ]
     values, _ = measure_drift(
-        records, material["train"], material["reference"], material["tokenizer"], LABELS, params()
+        records, material["train"], material["reference"], material["tokenizer"], LABELS, params().monitor
     )
     assert (
         values["ngram_js"] is None

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -240,7 +241,7 @@ def test_served_predictions_equal_offline(server: str, model_dir: Path, built: d
     torch.set_num_threads(1)
     texts = _texts(200)
     offline = Predictor(model_dir).predict(texts)  # the runtime the directory names: onnx
-    assert Predictor(model_dir).runtime == "onnx" and Predictor(model_dir).blend is not None
+    assert Predictor(model_dir).runtime == "onnx" and Predictor(model_dir).family.name == "blend"
     served: list[dict] = []
     with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
         step = SERVE.max_texts_per_request
@@ -608,6 +609,46 @@ def test_changed_model_files_refuse_to_start(built: dict[str, str], tmp_path: Pa
                 pass
     finally:
         onnx.write_bytes(original)
+
+
+def test_the_ngram_family_is_served_by_the_same_service(
+    repo_root: Path, bentoml_home: Path, tmp_path: Path
+) -> None:
+    """model.family ngram: its directory (fit_ngram's) goes through the same import, build and
+    `bentoml serve` as an encoder's, and the service answers what the Predictor does offline. (A second
+    server in the same BENTOML_HOME resets the first one's metrics: this runs after the tests that read
+    them.)"""
+    from textclf.data.normalize import normalize
+    from textclf.train.blend import fit_ngram
+
+    texts = [normalize(t, section("prepare.normalize")) for t in _texts(300, seed=7)]
+    frame = pd.DataFrame({"text": texts, "label": [LABELS[len(t) % 3] for t in texts]})
+    model_dir = tmp_path / "model"
+    fit_ngram(section("evaluate.baseline"), section("prepare.normalize"), LABELS, model_dir, frame, frame)
+    (model_dir / RUNTIME_FILE).write_text(json.dumps({"runtime": "sklearn", "parity": {}}))
+    model_tag = package.import_model_dir(model_dir, SERVE.model_store_name, LINEAGE, {"source": "test"})
+    bento_tag = package.build_bento(model_tag, SERVE, repo_root, labels={"built_by": "test_serving"})
+    asked = _texts(40, seed=8)
+    offline = Predictor(model_dir).predict(asked)
+    env = {auth.AUTH_ENV: "none", "TEXTCLF_MONITORING_DIR": str(tmp_path / "monitoring")}
+    with (
+        package.served(bento_tag, tmp_path / "serve.log", env=env) as base,
+        httpx.Client(base_url=base, timeout=60) as client,
+    ):
+        meta = client.get("/metadata").json()
+        assert meta["model_tag"] == model_tag and meta["runtime"] == "sklearn"
+        assert meta["max_length"] is None and meta["labels"] == list(LABELS)
+        served = []
+        for start in range(0, len(asked), SERVE.max_texts_per_request):
+            resp = client.post(
+                "/classify", json={"texts": asked[start : start + SERVE.max_texts_per_request]}
+            )
+            assert resp.status_code == 200, resp.text
+            served.extend(resp.json())
+    assert [r["label"] for r in served] == [p.label for p in offline]
+    for got, want in zip(served, offline, strict=True):
+        assert got["truncated"] is False
+        assert got["probabilities"] == pytest.approx(want.probabilities, abs=1e-6)
 
 
 @pytest.mark.skipif(not os.environ.get(HOLD_ENV), reason="started by test_cleanup.py")

@@ -155,30 +155,44 @@ def test_train_saves_standard_dir_and_predictor_round_trips(trained, frames):
 
 
 def test_each_family_round_trips_through_the_predictor(trained, frames, tmp_path):
-    """ngram: save -> load gives the same probabilities; blend: the n-gram part and the encoder's weight
-    (chosen on val) in the encoder's directory, and the Predictor serves w * encoder + (1 - w) * ngram;
-    when val picks the encoder alone (weight 1) the directory stays an encoder."""
+    """Each family through fit -> save -> load (the Predictor) -> the same probabilities. encoder: the
+    trained directory; ngram: fit_ngram's directory predicts what the fitted model does; blend: the
+    n-gram part and the encoder's weight (chosen on val) in the encoder's directory, and the Predictor
+    serves w * encoder + (1 - w) * ngram; when val picks the encoder alone (weight 1) it stays an encoder."""
     from textclf.model.blend import BLEND_FILE
+    from textclf.model.family import family_of
     from textclf.model.ngram import NgramModel, train_ngram
-    from textclf.train.blend import fit_blend
+    from textclf.train.blend import fit_blend, fit_ngram
 
     train, val = frames
     cfg = tiny_config()
     encoder = Predictor(trained.model_dir, device="cpu")
+    assert family_of(trained.model_dir) == "encoder" and encoder.family.name == "encoder"
     texts = encoder.normalize(val["text"].tolist())
     ngram = train_ngram(
         train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, encoder.labels
     )
-    ngram.save(tmp_path / "ngram")
-    np.testing.assert_array_equal(
-        NgramModel.load(tmp_path / "ngram").predict_proba(texts), ngram.predict_proba(texts)
+
+    result = fit_ngram(
+        cfg.evaluate.baseline, cfg.prepare.normalize, encoder.labels, tmp_path / "n", train, val
     )
+    assert family_of(tmp_path / "n") == "ngram" and result.labels == encoder.labels
+    served = Predictor(tmp_path / "n", device="cpu")
+    assert served.runtime == "sklearn" and served.max_length is None and served.tokenizer is None
+    np.testing.assert_array_equal(served.predict_proba(texts, normalized=True)[0], ngram.predict_proba(texts))
+    np.testing.assert_array_equal(
+        NgramModel.load(tmp_path / "n").predict_proba(texts), ngram.predict_proba(texts)
+    )
+    gold = [served.labels.index(y) for y in val["label"]]
+    assert result.best["val_accuracy"] == pytest.approx(
+        np.mean(served.predict_proba(texts)[0].argmax(1) == gold)
+    )
+    with pytest.raises(ModelSourceError, match="runs only as trained"):
+        Predictor(tmp_path / "n", runtime="bf16")
 
     for weight in (0.3, 1.0):
         model_dir = shutil.copytree(trained.model_dir, tmp_path / f"w{weight}")
-        figures = fit_blend(
-            apply_overrides(cfg, {"model": {"blend_weights": [weight]}}), model_dir, train, val
-        )
+        figures = fit_blend(cfg.evaluate.baseline, [weight], 16, model_dir, train, val)
         assert figures["blend_weight"] == weight
         assert (model_dir / BLEND_FILE).is_file() == (weight < 1.0)
         got = Predictor(model_dir, device="cpu").predict_proba(texts)[0]

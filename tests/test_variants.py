@@ -103,7 +103,7 @@ def test_predictor_runs_the_runtime_its_directory_names(trained, tmp_path: Path)
     (served / "textclf_runtime.json").write_text(json.dumps({"runtime": "onnx-int8", "parity": {}}))
     assert Predictor(model_dir).runtime == "torch"
     predictor = Predictor(served)
-    assert predictor.runtime == "onnx-int8" and predictor.model is None
+    assert predictor.runtime == "onnx-int8" and predictor.encoder.model is None
     assert [p.label for p in predictor.predict(texts[:5])] == [
         p.label for p in Predictor(model_dir).predict(texts[:5])
     ]

@@ -6,7 +6,8 @@ Measures (thresholds in ``monitor:`` of params.yaml):
 * ``length_psi``: population stability index of text lengths over ``monitor.length_psi_bins`` quantile
   bins of the train split;
 * ``ngram_js``: Jensen-Shannon divergence (base 2, 0..1) of character uni- and bigram distributions;
-* ``unk_rate_increase``: share of [UNK] tokens of the champion's tokenizer, traffic minus train;
+* ``unk_rate_increase``: share of [UNK] tokens of the champion's tokenizer, traffic minus train (not
+  measured for the n-gram family, which has no tokenizer);
 * ``predicted_class_js``: JS divergence of the predicted-class distribution from the champion's
   predictions on its test split;
 * ``confidence_drop`` and ``low_confidence_increase``: mean confidence and the share under
@@ -29,7 +30,7 @@ import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
 from textclf import contracts as C
-from textclf.config import Config
+from textclf.config import Config, MonitorConfig
 from textclf.data.records import TRAFFIC, read_records
 from textclf.errors import TextclfError
 from textclf.model.predictor import Predictor
@@ -135,10 +136,10 @@ def measure_drift(
     reference: pd.DataFrame,
     tokenizer: Any,
     labels: Sequence[str],
-    cfg: Config,
+    m: MonitorConfig,
 ) -> tuple[dict[str, float | None], list[str]]:
     """The measures and which of them pass their threshold (None: not measurable, e.g. hashed texts)."""
-    m, low = cfg.monitor, cfg.monitor.low_confidence
+    low = m.low_confidence
     traffic = pd.DataFrame(records)
     texts = traffic["text"].tolist() if "text" in traffic else None
     conf, ref_conf = traffic["confidence"].to_numpy(), reference["confidence"].to_numpy()
@@ -148,7 +149,7 @@ def measure_drift(
         ),
         "ngram_js": ngram_js(train["text"].tolist(), texts) if texts else None,
         "unk_rate_increase": unk_rate(tokenizer, texts) - unk_rate(tokenizer, train["text"].tolist())
-        if texts
+        if texts and tokenizer is not None
         else None,
         "predicted_class_js": label_js(reference["predicted"].tolist(), traffic["label"].tolist(), labels),
         "confidence_drop": float(ref_conf.mean() - conf.mean()),
@@ -200,7 +201,9 @@ def monitor(cfg: Config, root: Path, since: str | None = None) -> DriftReport:
                 f"monitor.min_records {cfg.monitor.min_records}"
             )
         else:
-            report.values, report.drifted = measure_drift(records, train, reference, tokenizer, labels, cfg)
+            report.values, report.drifted = measure_drift(
+                records, train, reference, tokenizer, labels, cfg.monitor
+            )
     out = root / cfg.paths.reports / "monitoring"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.markdown(), encoding="utf-8")

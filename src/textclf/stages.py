@@ -68,7 +68,7 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
     rank 0 alone logs and writes. Returns the run record on rank 0."""
     from textclf.data.prepare import read_split
     from textclf.tracking.run import log_model, step_metrics, training_run
-    from textclf.train.blend import fit_blend
+    from textclf.train.blend import fit_blend, fit_ngram
     from textclf.train.data import training_fingerprint
     from textclf.train.trainer import effective_config, prepare_checkpoint_dir, train_model
 
@@ -90,9 +90,21 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
         callbacks.append(training_progress(progress))
     with training_run(cfg, root, run_id, splits) as run_id:
         (ckpt / C.RUN_ID_FILE).write_text(run_id)
-        result = train_model(
-            cfg, splits["train"], splits["val"], model_dir, ckpt, callbacks=callbacks, base_models=base_models
-        )
+        if cfg.model.family == "ngram":
+            train, val = splits["train"], splits["val"]
+            result = fit_ngram(
+                cfg.evaluate.baseline, cfg.prepare.normalize, cfg.data.labels, model_dir, train, val
+            )
+        else:
+            result = train_model(
+                cfg,
+                splits["train"],
+                splits["val"],
+                model_dir,
+                ckpt,
+                callbacks=callbacks,
+                base_models=base_models,
+            )
         timings = {
             "wall_time_s": result.wall_time_s,
             "train_samples_per_s": result.train_samples_per_s,
@@ -102,7 +114,10 @@ def run_train(cfg: Config, root: Path) -> dict[str, Any] | None:
             "world_size": result.world_size,
         }
         if cfg.model.family == "blend":
-            timings |= fit_blend(cfg, model_dir, splits["train"], splits["val"])
+            weights, batch = cfg.model.blend_weights, cfg.train.eval_batch_size
+            timings |= fit_blend(
+                cfg.evaluate.baseline, weights, batch, model_dir, splits["train"], splits["val"]
+            )
         mlflow.log_metrics({k: float(v) for k, v in timings.items()})
         mlflow.set_tag("textclf.device", result.device)
         mlflow.set_tags(base_model_tags(model_dir))
@@ -156,12 +171,18 @@ def run_evaluate(cfg: Config, root: Path) -> dict[str, Any]:
         raise ModelSourceError(f"no {C.RUN_FILE} in {cfg.paths.training}: run the train stage first")
     with reopened_run(cfg, root, run["run_id"]):
         result = evaluate_model_and_baseline(
-            cfg, root / cfg.paths.model, root / cfg.paths.prepared, root / cfg.paths.evaluation
+            cfg.evaluate,
+            cfg.train.eval_batch_size,
+            root / cfg.paths.model,
+            root / cfg.paths.prepared,
+            root / cfg.paths.evaluation,
         )
         metrics = {"transformer": result.transformer} | (
             {"baseline": result.baseline} if result.baseline else {}
         )
         metrics |= {f"variant_{name}": row for name, row in result.variants.items() if name != "torch"}
-        log_evaluation(cfg, root, read_split(root / cfg.paths.prepared, "test"), metrics, run["model_uri"])
+        log_evaluation(
+            cfg.paths, root, read_split(root / cfg.paths.prepared, "test"), metrics, run["model_uri"]
+        )
     log.info("logged the evaluation to MLflow run %s", run["run_id"])
     return {"run_id": run["run_id"], **result.metrics()}

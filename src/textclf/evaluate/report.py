@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from textclf import contracts as C
-from textclf.config import Config, EvaluateConfig
+from textclf.config import EvaluateConfig
 from textclf.data.io import write_csv
 from textclf.data.prepare import read_split
 from textclf.evaluate import metrics as M
 from textclf.evaluate import plots
-from textclf.evaluate.variants import score_variants
+from textclf.evaluate.variants import score_variants, write_parity
 from textclf.model.ngram import train_ngram
 from textclf.model.predictor import Predictor
 
@@ -138,9 +138,10 @@ class Evaluation:
 
 
 def evaluate_model_and_baseline(
-    cfg: Config, model_dir: Path, prepared_dir: Path, out_dir: Path
+    cfg: EvaluateConfig, batch_size: int, model_dir: Path, prepared_dir: Path, out_dir: Path
 ) -> Evaluation:
-    """Score the trained model and the TF-IDF baseline (fit on train only) on the test split.
+    """Score the trained model and the TF-IDF baseline (fit on train only) on the test split;
+    ``batch_size``: the model's, on test (train.eval_batch_size).
 
     The only reader of the test split in the pipeline. Labels and their order come from the model.
     """
@@ -151,25 +152,32 @@ def evaluate_model_and_baseline(
     labels = predictor.labels
     M.encode_labels(test["label"].tolist(), labels)  # fail early, naming the labels, before predicting
     log.info("evaluating %s on %d test rows", model_dir, len(test))
-    proba, truncated = predictor.predict_proba(test["text"].tolist(), batch_size=cfg.train.eval_batch_size)
-    transformer = score_split(test, proba, labels, cfg.evaluate, out_dir, "")
+    proba, truncated = predictor.predict_proba(test["text"].tolist(), batch_size=batch_size)
+    transformer = score_split(test, proba, labels, cfg, out_dir, "")
     transformer["truncated_fraction"] = float(np.mean(truncated))
     baseline = None
-    if cfg.evaluate.baseline.enabled:
+    if cfg.baseline.enabled:
         train = read_split(prepared_dir, "train")
-        model = train_ngram(train["text"].tolist(), train["label"].tolist(), cfg.evaluate.baseline, labels)
+        model = train_ngram(train["text"].tolist(), train["label"].tolist(), cfg.baseline, labels)
         baseline = score_split(
-            test, model.predict_proba(test["text"].tolist()), labels, cfg.evaluate, out_dir, C.BASELINE_PREFIX
+            test, model.predict_proba(test["text"].tolist()), labels, cfg, out_dir, C.BASELINE_PREFIX
         )
-    variants = {}
-    if cfg.evaluate.variants.names:
+    names = tuple(n for n in cfg.variants.names if n in predictor.family.variants)
+    if names != tuple(cfg.variants.names):
+        log.info(
+            "variants: the %s family has none of %s",
+            predictor.family.name,
+            sorted(set(cfg.variants.names) - set(names)),
+        )
+    variants = write_parity({}, out_dir / C.VARIANTS_DIR)  # a DVC output, also with no variant
+    if names:
         variants = score_variants(
-            cfg.evaluate.variants,
+            cfg.variants.model_copy(update={"names": names}),
             model_dir,
             out_dir / C.VARIANTS_DIR,
             test["text"].tolist(),
             test["label"].tolist(),
-            cfg.train.eval_batch_size,
+            batch_size,
             fp32_proba=proba if predictor.device.type == "cpu" else None,
         )
     result = Evaluation(transformer, baseline, variants)

@@ -32,7 +32,8 @@ from textclf import contracts as C
 from textclf.config import VariantsConfig
 from textclf.errors import ModelSourceError
 from textclf.evaluate import metrics as M
-from textclf.model.predictor import ONNX_FILES, Predictor
+from textclf.model.encoder import ONNX_FILES
+from textclf.model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ def weights_mb(predictor: Predictor, onnx_dir: Path) -> float:
 
     if predictor.runtime in ONNX_FILES:
         return (onnx_dir / ONNX_FILES[predictor.runtime]).stat().st_size / 2**20
+    assert predictor.encoder is not None  # only an encoder (alone or in a blend) has variants
     buffer = io.BytesIO()
-    torch.save(predictor.model.state_dict(), buffer)
+    torch.save(predictor.encoder.model.state_dict(), buffer)
     return buffer.tell() / 2**20
 
 
@@ -174,21 +176,30 @@ def score_variants(
             name,
             {k: v for k, v in row.items() if k != "problems"} | {"problems": row["problems"]},
         )
+    return write_parity(rows, out_dir)
+
+
+def write_parity(rows: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """``parity.json`` in ``out_dir`` (the evaluate stage's output, also when no variant was made)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / C.PARITY_FILE).write_text(
         json.dumps({"variants": rows}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     return rows
 
 
-def resolve_runtime(requested: str, variants: Mapping[str, Mapping[str, Any]]) -> str:
-    """``serve.runtime`` → the runtime to serve: auto is the fastest variant that passed (torch if none)."""
+def resolve_runtime(
+    requested: str, variants: Mapping[str, Mapping[str, Any]], reference: str = "torch"
+) -> str:
+    """``serve.runtime`` → the runtime to serve: auto is the fastest variant that passed; torch, or auto
+    with none passed, is ``reference``: the model as trained (the n-gram family's is sklearn)."""
     if requested == "torch":
-        return "torch"
+        return reference
     if requested == "auto":
         passed = [
             (row["speedup"], name) for name, row in variants.items() if name != "torch" and row.get("passed")
         ]
-        return max(passed)[1] if passed else "torch"
+        return max(passed)[1] if passed else reference
     row = variants.get(requested)
     if row is None:
         raise ModelSourceError(

@@ -3,8 +3,9 @@
 A blend model directory is an encoder model directory plus ``ngram/`` (a saved
 :class:`~textclf.model.ngram.NgramModel` with the same label order) and ``textclf_blend.json``, which
 holds the encoder's weight ``w``: probabilities are ``w * encoder + (1 - w) * ngram``. ``w`` is chosen on
-val (:func:`choose_weight`; textclf.train.blend fits it). The :class:`~textclf.model.predictor.Predictor`
-applies it, so evaluation, variants, the pyfunc, the gate and the service serve a blend unchanged.
+val (:func:`choose_weight`; textclf.train.blend fits it). Loaded with its encoder (:func:`load_blend`)
+it is a family like the others (textclf.model.family), so evaluation, the pyfunc, the gate and the
+service serve it unchanged; its variants are the encoder's, judged inside the blend.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from textclf.errors import ModelSourceError
+from textclf.model.encoder import Encoder
 from textclf.model.ngram import NgramModel
 
 BLEND_FILE = "textclf_blend.json"
@@ -28,6 +30,34 @@ NGRAM_DIR = "ngram"
 class Blend:
     weight: float  # the encoder's share
     ngram: NgramModel
+    encoder: Encoder | None = None  # set when loaded to predict (load_blend); not needed to save
+
+    name: ClassVar[str] = "blend"
+
+    def _encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise ModelSourceError("this blend was not loaded with its encoder (load_blend)")
+        return self.encoder
+
+    @property
+    def labels(self) -> list[str]:
+        return self._encoder().labels
+
+    @property
+    def runtime(self) -> str:
+        return self._encoder().runtime
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return self._encoder().variants
+
+    def describe(self) -> str:
+        w = self.weight
+        return f"blend: {w:g} x encoder + {1 - w:g} x char n-gram TF-IDF model (weight chosen on val)"
+
+    def forward(self, clean: list[str], batch_size: int | None) -> tuple[np.ndarray, list[bool]]:
+        proba, truncated = self._encoder().forward(clean, batch_size)
+        return self.mix(proba, clean), truncated
 
     def mix(self, encoder_proba: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """``texts`` normalized as the encoder saw them (the n-gram part was fit on prepared text)."""
@@ -39,17 +69,21 @@ class Blend:
         (model_dir / BLEND_FILE).write_text(text, encoding="utf-8")
 
 
-def load_blend(model_dir: Path, labels: Sequence[str]) -> Blend | None:
-    """The blend in ``model_dir`` (None: an encoder alone); its labels must be the encoder's, in order."""
-    path = model_dir / BLEND_FILE
-    if not path.is_file():
-        return None
-    ngram = NgramModel.load(model_dir / NGRAM_DIR)
-    if list(ngram.labels) != list(labels):
+def read_blend(model_dir: Path) -> Blend:
+    """The blend saved in ``model_dir``, without its encoder (enough to describe it)."""
+    weight = float(json.loads((model_dir / BLEND_FILE).read_text(encoding="utf-8"))["weight"])
+    return Blend(weight, NgramModel.load(model_dir / NGRAM_DIR))
+
+
+def load_blend(model_dir: Path, encoder: Encoder) -> Blend:
+    """The blend in ``model_dir`` around its loaded ``encoder``; the n-gram labels must be the encoder's,
+    in order."""
+    blend = read_blend(model_dir)
+    if list(blend.ngram.labels) != list(encoder.labels):
         raise ModelSourceError(
-            f"{model_dir}: n-gram labels {list(ngram.labels)} != encoder labels {list(labels)}"
+            f"{model_dir}: n-gram labels {list(blend.ngram.labels)} != encoder labels {encoder.labels}"
         )
-    return Blend(float(json.loads(path.read_text(encoding="utf-8"))["weight"]), ngram)
+    return Blend(blend.weight, blend.ngram, encoder)
 
 
 def choose_weight(

@@ -1,8 +1,9 @@
 """The n-gram family: TF-IDF character n-grams + logistic regression (settings: evaluate.baseline).
 
-Two uses: the baseline, trained on the same prepared (already normalized) train split as the encoder
-and scored on the same test split, so "did the encoder beat a linear model?" is answered on every run;
-and the n-gram part of a blend (textclf.model.blend), saved inside the model directory.
+Three uses: the baseline, trained on the same prepared (already normalized) train split as the
+candidate and scored on the same test split, so "did the candidate beat a linear model?" is answered on
+every run; the n-gram part of a blend (textclf.model.blend), saved inside the model directory; and a
+candidate of its own (``model.family: ngram``), a model directory holding ``ngram.joblib``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import joblib
 import numpy as np
@@ -31,6 +33,18 @@ NGRAM_FILE = "ngram.joblib"  # a fitted NgramModel, in the folder it was saved t
 class NgramModel:
     pipeline: Pipeline
     labels: tuple[str, ...]
+
+    name: ClassVar[str] = "ngram"
+    runtime: ClassVar[str] = "sklearn"  # its one runtime: no variants
+    variants: ClassVar[tuple[str, ...]] = ()
+
+    def describe(self) -> str:
+        lo, hi = self.pipeline.named_steps["tfidf"].ngram_range
+        return f"ngram: char {lo}-{hi}-gram TF-IDF + logistic regression"
+
+    def forward(self, clean: list[str], batch_size: int | None = None) -> tuple[np.ndarray, list[bool]]:
+        """The family interface (textclf.model.family): probabilities, and no text is ever truncated."""
+        return self.predict_proba(clean), [False] * len(clean)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 from textclf import contracts as C
 from textclf.config import ServeConfig
 from textclf.errors import ConfigError, ModelSourceError, TextclfError
+from textclf.model.family import family_of
 from textclf.model.predictor import PREPROCESSING_FILE, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,17 @@ def import_model_dir(
     """Copy a textclf model directory into the BentoML model store; returns the tag ``name:version``.
 
     ``labels`` carry lineage (registry name/version, run id, dataset digests, data.dvc md5, git
-    commit, gate decision id...); the class names and max length are added to ``metadata``, and the
+    commit, gate decision id...); the max length is added to ``metadata``, and the
     sha256 of every file stored (``files_sha256``), which the service checks before it starts.
     """
     import bentoml
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir} is not a model directory: config.json missing")
+    family_of(model_dir)  # fails naming the files a model directory holds
     preprocessing = Preprocessing.load(model_dir)  # fails with a clear message if not a textclf dir
-    meta = {**(metadata or {}), "max_length": preprocessing.max_length, "format": PREPROCESSING_FILE}
+    meta = {**(metadata or {}), "format": PREPROCESSING_FILE}
+    if preprocessing.max_length is not None:  # BentoML's metadata holds no None (the n-gram family's)
+        meta["max_length"] = preprocessing.max_length
     with tempfile.TemporaryDirectory(prefix="textclf-import-") as tmp:
         staged = Path(shutil.copytree(model_dir, Path(tmp) / "model", ignore=_IGNORE))
         meta[FILES_METADATA] = C.file_digests(staged)

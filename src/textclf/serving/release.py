@@ -23,8 +23,9 @@ from textclf import contracts as C
 from textclf.config import Config
 from textclf.errors import TextclfError
 from textclf.evaluate.variants import resolve_runtime
-from textclf.model.blend import BLEND_FILE
-from textclf.model.predictor import ONNX_FILES, RUNTIME_FILE, Predictor
+from textclf.model.encoder import ONNX_FILES
+from textclf.model.family import describe, reference_runtime
+from textclf.model.predictor import RUNTIME_FILE, Predictor
 from textclf.serving.package import build_bento, dockerfile_path, import_model_dir
 from textclf.tracking import registry as R
 from textclf.tracking.store import client, gate_account
@@ -103,7 +104,7 @@ def served_model_dir(c: MlflowClient, model: str, version: str, runtime: str, ds
     variants: dict[str, Any] = {}
     if runtime != "torch" and variants_dir is not None and (variants_dir / C.PARITY_FILE).is_file():
         variants = json.loads((variants_dir / C.PARITY_FILE).read_text(encoding="utf-8"))["variants"]
-    name = resolve_runtime(runtime, variants)
+    name = resolve_runtime(runtime, variants, reference_runtime(model_dir))
     if name in ONNX_FILES:
         assert variants_dir is not None  # resolve_runtime names a variant only when parity lists it
         shutil.copyfile(variants_dir / ONNX_FILES[name], model_dir / ONNX_FILES[name])
@@ -135,14 +136,10 @@ def _card_numbers(c: MlflowClient, mv: Any, model_dir: Path, runtime: str, figur
     nan = float("nan")
     rows = [
         f"| {who} | {metrics.get(p + 'accuracy', nan):.4f} | {metrics.get(p + 'macro_f1', nan):.4f} |"
-        for who, p in (("this model (fp32)", C.TEST_PREFIX), ("TF-IDF baseline", f"baseline_{C.TEST_PREFIX}"))
+        for who, p in (("this model", C.TEST_PREFIX), ("TF-IDF baseline", f"baseline_{C.TEST_PREFIX}"))
     ]
     served = ", ".join(f"{k} {v:.4g}" for k, v in sorted(figures.items()) if isinstance(v, int | float))
-    blend = model_dir / BLEND_FILE
-    family = "encoder"
-    if blend.is_file():
-        w = json.loads(blend.read_text(encoding="utf-8"))["weight"]
-        family = f"blend: {w:g} x encoder + {1 - w:g} x char n-gram TF-IDF model (weight chosen on val)"
+    family = describe(model_dir)
     card = model_dir / "README.md"
     text = card.read_text(encoding="utf-8") if card.is_file() else f"# {mv.name} v{mv.version}\n"
     card.write_text(

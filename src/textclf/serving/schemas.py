@@ -133,7 +133,9 @@ class ServiceMetadata(BaseModel):
     model_version: str
     labels: list[str] = Field(description="Classes, in the model's output order")
     lineage: dict[str, str] = Field(description="Labels recorded at import: run id, data digests, commit...")
-    max_length: int = Field(description="Max tokens per text; longer texts are truncated")
+    max_length: int | None = Field(
+        description="Max tokens per text; longer texts are truncated (null: the model reads whole texts)"
+    )
     normalize: dict[str, bool]
     device: str
     runtime: str = Field(description="What runs the model: torch (fp32), bf16, int8, onnx or onnx-int8")

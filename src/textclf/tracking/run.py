@@ -22,7 +22,7 @@ import mlflow
 import pandas as pd
 
 from textclf import contracts as C
-from textclf.config import Config
+from textclf.config import Config, PathsConfig
 from textclf.data.prepare import split_digest
 from textclf.model.base_model import read_provenance
 from textclf.tracking.lineage import lineage_tags
@@ -125,11 +125,15 @@ def reopened_run(cfg: Config, root: Path, run_id: str) -> Iterator[None]:
 
 
 def log_evaluation(
-    cfg: Config, root: Path, test: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], model_uri: str
+    paths: PathsConfig,
+    root: Path,
+    test: pd.DataFrame,
+    metrics: Mapping[str, Mapping[str, Any]],
+    model_uri: str,
 ) -> None:
     """On the active run: test metrics (``test_*``, ``baseline_test_*``), the test dataset, reports."""
     model_id = model_uri.removeprefix("models:/")
-    _log_dataset(test, "test", (cfg.paths.prepared / C.split_file("test")).as_posix())
+    _log_dataset(test, "test", (paths.prepared / C.split_file("test")).as_posix())
     for source, values in metrics.items():
         prefix = C.TEST_PREFIX if source == "transformer" else f"{source}_{C.TEST_PREFIX}"
         numbers = {
@@ -138,7 +142,7 @@ def log_evaluation(
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         mlflow.log_metrics(numbers, model_id=model_id if source == "transformer" else None)
-    mlflow.log_artifacts(str(root / cfg.paths.evaluation), C.ARTIFACT_EVAL_DIR)
+    mlflow.log_artifacts(str(root / paths.evaluation), C.ARTIFACT_EVAL_DIR)
     for target in ("raw", "prepared"):
-        mlflow.log_artifacts(str(root / cfg.paths.reports / target), f"validation/{target}")
-    mlflow.log_artifact(str(root / cfg.paths.prepared / C.MANIFEST_FILE), C.ARTIFACT_PREPARED_DIR)
+        mlflow.log_artifacts(str(root / paths.reports / target), f"validation/{target}")
+    mlflow.log_artifact(str(root / paths.prepared / C.MANIFEST_FILE), C.ARTIFACT_PREPARED_DIR)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from textclf.config import Config
+from textclf.config import ModelConfig, NormalizeConfig
 from textclf.data.normalize import normalize
 from textclf.errors import DataError
 from textclf.model.build import build_masked_lm
@@ -18,14 +18,14 @@ logger = logging.getLogger(__name__)
 DONE_MARKER = "textclf_mlm_done"
 
 
-def read_extra_corpus(path: Path, max_lines: int | None, cfg: Config) -> list[str]:
+def read_extra_corpus(path: Path, max_lines: int | None, cfg: NormalizeConfig) -> list[str]:
     """Non-blank lines of ``path`` (normalized), at most ``max_lines``."""
     if not path.is_file():
         raise DataError(f"model.mlm.extra_corpus not found: {path}")
     out: list[str] = []
     with path.open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
-            text = normalize(line, cfg.prepare.normalize)
+            text = normalize(line, cfg)
             if text:
                 out.append(text)
                 if max_lines is not None and len(out) >= max_lines:
@@ -34,7 +34,8 @@ def read_extra_corpus(path: Path, max_lines: int | None, cfg: Config) -> list[st
 
 
 def pretrain_mlm(
-    cfg: Config,
+    cfg: ModelConfig,
+    normalization: NormalizeConfig,
     tokenizer: Any,
     texts: Sequence[str],
     out_dir: Path,
@@ -51,16 +52,16 @@ def pretrain_mlm(
         logger.info("reusing MLM-pretrained weights in %s", out_dir)
         return out_dir
     texts = list(texts)
-    if cfg.model.mlm.extra_corpus is not None:
-        texts += read_extra_corpus(cfg.model.mlm.extra_corpus, cfg.model.mlm.max_extra_lines, cfg)
-    enc = tokenizer(texts, truncation=True, max_length=cfg.model.max_length, return_special_tokens_mask=True)
+    if cfg.mlm.extra_corpus is not None:
+        texts += read_extra_corpus(cfg.mlm.extra_corpus, cfg.mlm.max_extra_lines, normalization)
+    enc = tokenizer(texts, truncation=True, max_length=cfg.max_length, return_special_tokens_mask=True)
     dataset = EncodedDataset({k: list(v) for k, v in enc.items()})
-    logger.info("MLM pretraining on %d texts for %s epochs", len(texts), cfg.model.mlm.epochs)
+    logger.info("MLM pretraining on %d texts for %s epochs", len(texts), cfg.mlm.epochs)
     collator = DataCollatorForLanguageModeling(
-        tokenizer=tokenizer, mlm=True, mlm_probability=cfg.model.mlm.mask_probability
+        tokenizer=tokenizer, mlm=True, mlm_probability=cfg.mlm.mask_probability
     )
     trainer = Trainer(
-        model=build_masked_lm(cfg.model, tokenizer),
+        model=build_masked_lm(cfg, tokenizer),
         args=training_args,
         train_dataset=dataset,
         data_collator=collator,

@@ -310,7 +310,7 @@ def _trainer(
             load_best_model_at_end=False,
             metric_for_best_model=None,
         )
-        init_from = pretrain_mlm(cfg, tokenizer, texts["train"], ckpt, mlm_args)
+        init_from = pretrain_mlm(cfg.model, cfg.prepare.normalize, tokenizer, texts["train"], ckpt, mlm_args)
         set_seed(cfg.train.seed)
     ids = {lab: i for i, lab in enumerate(labels)}
     y_train = [ids[v] for v in train["label"]]

@@ -19,14 +19,8 @@ from typing import Any
 import pandas as pd
 
 from textclf import contracts as C
-from textclf.config import (
-    PREPARED_CHECK_NAMES,
-    RAW_CHECK_NAMES,
-    CheckConfig,
-    DataConfig,
-    ValidationConfig,
-)
-from textclf.errors import ConfigError, DataError
+from textclf.config import CheckConfig, DataConfig, PreparedChecks, RawChecks, ValidationConfig
+from textclf.errors import DataError
 from textclf.validation import expectations as custom
 from textclf.validation.report import (
     GX_RESULT_FILE,
@@ -90,13 +84,9 @@ def class_table(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
 Plan = Callable[..., PlannedCheck]
 
 
-def _policy(checks: Mapping[str, CheckConfig], known: tuple[str, ...], section: str) -> Plan:
-    unknown = sorted(set(checks) - set(known))
-    if unknown:  # config validation catches this too; guard hand-built configs
-        raise ConfigError(f"{section}.checks: unknown check name(s) {unknown}; known: {list(known)}")
-
+def _policy(checks: RawChecks | PreparedChecks) -> Plan:
     def plan(name: str, asset: str, build: Callable[..., Any], *needs: str) -> PlannedCheck:
-        policy = checks[name]  # config validation requires every check
+        policy: CheckConfig = getattr(checks, name)  # the config models name every check
         return PlannedCheck(name, asset, policy.severity, policy.mostly, build, tuple(needs))
 
     return plan
@@ -121,7 +111,7 @@ def raw_plan(
     import great_expectations as gx
 
     rcfg, gxe = vcfg.raw, gx.expectations
-    plan = _policy(rcfg.checks, RAW_CHECK_NAMES, "validation.raw")
+    plan = _policy(rcfg.checks)
     text, label = data_cfg.text_column, data_cfg.label_column
     planned = [
         plan(
@@ -207,7 +197,7 @@ def prepared_plan(
     import great_expectations as gx
 
     pcfg, gxe = vcfg.prepared, gx.expectations
-    plan = _policy(pcfg.checks, PREPARED_CHECK_NAMES, "validation.prepared")
+    plan = _policy(pcfg.checks)
     planned = [
         plan(
             "columns_present",
