@@ -35,6 +35,7 @@ from textclf.tracking import registry as R  # noqa: E402
 from textclf.tracking.pyfunc import log_pyfunc_model  # noqa: E402
 from textclf.tracking.run import log_model  # noqa: E402
 from textclf.tracking.store import client, configure_mlflow  # noqa: E402
+from textclf.train.blend import fit_ngram  # noqa: E402
 
 LABELS = ["negative", "positive"]
 POS, NEG = list("好棒赞爱"), list("差坏烂糟")
@@ -161,8 +162,12 @@ def project(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
                 log_model(model_dir, train_ids, examples, cfg.train.eval_batch_size)
         return run.info.run_id
 
+    # model.family ngram, fit on the same train split: a candidate from another family
+    ngram = root / "models" / "ngram"
+    fit_ngram(cfg.evaluate.baseline, cfg.prepare.normalize, LABELS, ngram, splits["train"], splits["val"])
     train_ids = splits["train"]["id"].tolist()
     runs = {
+        "ngram": log(ngram, "ngram", train_ids),
         "good": log(good, "good", train_ids),
         "copy": log(good, "copy", train_ids + splits["test"]["id"].head(N_LEAK).tolist()),
         "random": log(rand, "random", None),
@@ -250,6 +255,27 @@ def test_random_candidate_rejected_vs_good_champion(project: dict) -> None:
     with pytest.raises(GateRejected, match="did not pass the gate"):  # a manual promotion runs the gate
         promote(cfg, root, v2, force=False, reason="try it")
     assert R.alias(c, "m-bad", "champion") == v1
+
+
+def test_an_ngram_candidate_is_judged_against_an_encoder_champion(project: dict) -> None:
+    """Families meet in the gate: the encoder champion and the n-gram challenger are scored on the same
+    test ids by the same code, and the challenger's served directory runs on scikit-learn."""
+    from textclf.serving.release import ServedModel
+
+    cfg, root, c = _cfg("m-family"), project["root"], project["client"]
+    v1 = _register(project, cfg, "good")
+    assert run_gate(cfg, root).promoted
+    v2 = _register(project, cfg, "ngram")
+    outcome = run_gate(cfg, root, dry_run=True)
+    d = outcome.decision
+    assert d.champion == v1 and d.challenger == v2 and d.comparison is not None
+    assert d.comparison.n_compared == len(project["splits"]["test"])
+    crit = {x.name: x for x in d.criteria}
+    assert crit["accuracy_floor"].value > 0.9 and crit["latency_p95_ms"].value > 0  # the toy task, learnt
+    served = ServedModel.load(c, "m-family", v2, cfg.serve.runtime, root / "served-ngram")
+    assert served.predictor.family.name == "ngram" and served.predictor.runtime == "sklearn"
+    card = (served.model_dir / "README.md").read_text(encoding="utf-8")
+    assert "Model family: ngram: char 1-2-gram TF-IDF" in card and "Served runtime: sklearn" in card
 
 
 def test_label_shuffled_candidate_rejected(project: dict) -> None:

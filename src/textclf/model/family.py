@@ -27,7 +27,6 @@ from textclf.model.blend import BLEND_FILE, load_blend, read_blend
 from textclf.model.encoder import CONFIG_FILE, Encoder
 from textclf.model.ngram import NGRAM_FILE, NgramModel
 
-FAMILIES = ("encoder", "ngram", "blend")
 REFERENCE = "torch"  # the runtime name meaning "the model as trained" (fp32 torch for an encoder)
 
 
